@@ -1,0 +1,408 @@
+"""The `qcompile` command line.
+
+    qcompile compile MODEL [--target NAME|FILE.yaml] [--input-shape NAME:DIMS ...] -o OUT_DIR
+    qcompile run OUT_DIR --inputs IN.npz --output OUT.npz
+    qcompile bench OUT_DIR [--inputs IN.npz] [--threads N] [--warmup W] [--repeat R] [--json FILE]
+    qcompile info MODEL_OR_OUT_DIR
+    qcompile targets
+
+Errors in the user's input print one line ("qcompile: error: ...") and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import QCompileError
+
+EPILOG = "Run 'qcompile COMMAND --help' for the options of one command."
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return args.func(args) or 0
+    except QCompileError as err:
+        print(f"qcompile: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qcompile: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qcompile",
+        description="Quantize and compile fp32 models (ONNX, PyTorch torch.export, TFLite) into integer "
+                    "models for a hardware target with Apache TVM, then run and measure them.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in (_add_compile, _add_run, _add_bench, _add_info, _add_targets, _add_demo):
+        add(sub)
+    for extra in _extra_commands():
+        extra(sub)
+    return parser
+
+
+def _extra_commands():
+    """Subcommands contributed by later capabilities (tune, rpc, report, ...), when present."""
+    import importlib
+
+    out = []
+    for mod_name in ("qcompile.quantize.cli", "qcompile.tune.cli", "qcompile.runtime.rpc_cli", "qcompile.report_cli"):
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as err:
+            if err.name != mod_name:
+                raise
+            continue
+        out.extend(mod.COMMANDS)
+    return out
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"qcompile {__version__}"
+
+
+# ----------------------------------------------------------------------------- compile
+
+def add_compile_options(p):
+    """Options shared by commands that compile (compile, tune)."""
+    p.add_argument("model", metavar="MODEL", help="model file: .onnx, .tflite, or .pt2 (torch.export.save)")
+    p.add_argument("--target", "-t", default="auto",
+                   help="target name (see 'qcompile targets') or path to a target .yaml; "
+                        "'auto' picks the best bundled target for this CPU (default: auto)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:DIMS",
+                   help="fix an input's shape, e.g. --input-shape x:1x3x48x320 (repeatable); "
+                        "dynamic dims not given default to 1")
+    p.add_argument("--records", action="append", default=[], metavar="DIR",
+                   help="MetaSchedule record folder to apply (repeatable), in addition to schedules/<target>/")
+
+
+def _add_compile(sub):
+    p = sub.add_parser("compile", help="import, (quantize,) and compile a model into an artifact folder",
+                       description="Import a model, optionally quantize it, compile it with TVM for a target, "
+                                   "and write an artifact folder (shared library + metadata.json).",
+                       epilog="example: qcompile compile model.onnx --target x86_64 -o out/")
+    add_compile_options(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="artifact folder to write (atomically)")
+    p.add_argument("--pass", dest="passes", action="append", default=[], metavar="MODULE:OBJECT",
+                   help="a user Relax pass to insert, e.g. mypasses:CountOps (repeatable; pair each with --at)")
+    p.add_argument("--at", action="append", default=[], metavar="WHEN:STAGE",
+                   help="where to insert the matching --pass: after:preprocess, before:lower, ... "
+                        "(stages: import preprocess annotate calibrate realize lower apply_records build export)")
+    try:
+        from .quantize.cli import add_quantize_options
+    except ModuleNotFoundError:
+        pass
+    else:
+        add_quantize_options(p)
+    p.set_defaults(func=cmd_compile)
+
+
+def load_user_pass(spec: str):
+    """'pkg.module:object' or 'path/to/file.py:object' -> the object (a Pass, or a class/factory of one)."""
+    import importlib
+    import importlib.util
+
+    from .errors import ConfigError
+
+    mod_name, sep, obj_name = spec.rpartition(":")
+    if not sep or not mod_name or not obj_name:
+        raise ConfigError(f"--pass '{spec}': expected MODULE:OBJECT, e.g. mypasses:CountOps")
+    try:
+        if mod_name.endswith(".py"):
+            loader_spec = importlib.util.spec_from_file_location(os.path.basename(mod_name)[:-3], mod_name)
+            if loader_spec is None or not os.path.isfile(mod_name):
+                raise ConfigError(f"--pass '{spec}': no such file {mod_name}")
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(mod_name)
+    except ImportError as err:
+        raise ConfigError(f"--pass '{spec}': cannot import {mod_name}: {err}") from None
+    obj = getattr(module, obj_name, None)
+    if obj is None:
+        raise ConfigError(f"--pass '{spec}': {mod_name} has no attribute '{obj_name}'")
+    import tvm
+
+    if isinstance(obj, type) or (callable(obj) and not isinstance(obj, tvm.transform.Pass) and _takes_no_args(obj)):
+        obj = obj()  # a pass class (e.g. a @function_pass class) or a factory
+    return obj
+
+
+def _takes_no_args(fn) -> bool:
+    import inspect
+
+    try:
+        return not any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                       for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
+def make_pipeline(args, qconfig=None):
+    from .errors import ConfigError
+    from .pipeline import Pipeline
+
+    pipe = Pipeline(target=args.target, qconfig=qconfig, records=args.records, input_shapes=args.input_shape)
+    passes, ats = getattr(args, "passes", []), getattr(args, "at", [])
+    if len(passes) != len(ats):
+        raise ConfigError(f"give one --at WHEN:STAGE for each --pass ({len(passes)} --pass, {len(ats)} --at)")
+    for spec, at in zip(passes, ats):
+        when, sep, stage = at.partition(":")
+        if when not in ("before", "after") or not sep:
+            raise ConfigError(f"--at '{at}': expected before:STAGE or after:STAGE")
+        pipe.add_pass(load_user_pass(spec), **{when: stage})
+    return pipe
+
+
+def cmd_compile(args):
+    qconfig, calib = None, None
+    if hasattr(args, "quantize"):
+        from .quantize.cli import qconfig_from_args
+
+        qconfig, calib = qconfig_from_args(args)
+    pipe = make_pipeline(args, qconfig)
+    art = pipe.run(args.model, out_dir=args.output, calib=calib)
+    secs = art.metadata["compile_seconds"]
+    print(f"compiled {args.model} for {art.target_name} -> {args.output} "
+          f"(import {secs.get('import', 0):.2f}s, total {sum(v for k, v in secs.items() if ':' not in k):.2f}s)")
+    for note in art.metadata.get("notes", []):
+        print(f"  note: {note}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- run
+
+def _add_run(sub):
+    p = sub.add_parser("run", help="run an artifact on inputs from an .npz file",
+                       description="Run a compiled artifact. Input .npz keys are the model's input names; "
+                                   "the output .npz keys are its output names. A leading dimension that is a "
+                                   "multiple of the model's batch size is run batch by batch.")
+    p.add_argument("artifact", metavar="OUT_DIR", help="artifact folder made by 'qcompile compile'")
+    p.add_argument("--inputs", "-i", required=True, metavar="IN.npz")
+    p.add_argument("--output", "-o", required=True, metavar="OUT.npz")
+    p.set_defaults(func=cmd_run)
+
+
+def load_npz(path: str) -> dict:
+    import zipfile
+
+    import numpy as np
+
+    from .errors import InputError
+
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such inputs file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path}: not a readable .npz file ({err})") from None
+
+
+def save_npz_atomic(path: str, arrays: dict):
+    import tempfile
+
+    import numpy as np
+
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str, obj):
+    import tempfile
+
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def cmd_run(args):
+    from .runtime.artifact import Artifact
+
+    art = Artifact.load(args.artifact)
+    outputs = art.run(load_npz(args.inputs))
+    save_npz_atomic(args.output, outputs)
+    for name, arr in outputs.items():
+        print(f"{name}: {arr.dtype}{list(arr.shape)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+
+def add_bench_options(p):
+    p.add_argument("--inputs", "-i", metavar="IN.npz", help="inputs (default: seeded random data)")
+    p.add_argument("--threads", type=int, default=1, help="TVM thread-pool size (default: 1)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default: 10)")
+    p.add_argument("--repeat", type=int, default=100, help="timed runs (default: 100)")
+    p.add_argument("--json", metavar="FILE", help="write the result as JSON")
+
+
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="measure an artifact's latency",
+                       description="Measure the latency of one inference: median, p90, p99, mean and std in ms.",
+                       epilog="JSON keys (stable): median_ms p90_ms p99_ms mean_ms std_ms min_ms repeat warmup threads target")
+    p.add_argument("artifact", metavar="OUT_DIR")
+    add_bench_options(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args):
+    from .runtime.artifact import Artifact
+    from .runtime.bench import benchmark
+
+    art = Artifact.load(args.artifact)
+    inputs = None
+    if args.inputs:
+        inputs = {k: v[: s.shape[0]] for (k, v), s in zip(load_npz(args.inputs).items(), art.inputs)}
+    result = benchmark(art, inputs, threads=args.threads, warmup=args.warmup, repeat=args.repeat, progress=True)
+    print(format_bench(result))
+    if args.json:
+        write_json_atomic(args.json, result)
+    return 0
+
+
+def format_bench(r: dict) -> str:
+    return (f"target {r['target']}  threads {r['threads']}  repeat {r['repeat']}\n"
+            f"median {r['median_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}  "
+            f"mean {r['mean_ms']:.3f} ± {r['std_ms']:.3f}  min {r['min_ms']:.3f}")
+
+
+# ----------------------------------------------------------------------------- info / targets
+
+def _add_info(sub):
+    p = sub.add_parser("info", help="show a model's or an artifact's inputs, outputs, ops and metadata")
+    p.add_argument("path", metavar="MODEL_OR_OUT_DIR")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:DIMS")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args):
+    if os.path.isdir(args.path):
+        from .runtime.artifact import Artifact
+
+        meta = Artifact.load(args.path).metadata
+        print(f"artifact {args.path}")
+        print(f"  target   {meta['target']['name']}  {json.dumps(meta['target']['tvm_target'])}")
+        print(f"  model    {meta['model']['source']} ({meta['model']['format']}, sha256 {meta['model']['sha256'][:12]})")
+        _print_signature(meta["inputs"], meta["outputs"])
+        q = meta.get("quantization")
+        print(f"  quantization {json.dumps(q) if q else 'none (fp32)'}")
+        print(f"  versions {json.dumps(meta['versions'])}")
+        print(f"  created  {meta['created']}")
+        return 0
+    from .frontend import load
+
+    model = load(args.path, args.input_shape)
+    print(f"model {model.source} ({model.format}, sha256 {model.sha256[:12]})")
+    _print_signature([t.to_json() for t in model.inputs], [t.to_json() for t in model.outputs])
+    print("  relax ops:")
+    for op, n in sorted(op_histogram(model.mod).items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"    {n:5d}  {op}")
+    return 0
+
+
+def _print_signature(inputs, outputs):
+    for kind, specs in (("input ", inputs), ("output", outputs)):
+        for t in specs:
+            print(f"  {kind}   {t['name']}: {t['dtype']}[{'x'.join(map(str, t['shape']))}]")
+
+
+def op_histogram(mod) -> dict:
+    """Count Relax operator calls in every Relax function of `mod`."""
+    from collections import Counter
+
+    from tvm import relax
+
+    counts = Counter()
+
+    def visit(e):
+        if isinstance(e, relax.Call) and isinstance(e.op, __import__("tvm").ir.Op):
+            counts[e.op.name] += 1
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return dict(counts)
+
+
+def _add_targets(sub):
+    p = sub.add_parser("targets", help="list the target definitions")
+    p.set_defaults(func=cmd_targets)
+
+
+def cmd_targets(args):
+    from .target import host_target_name, list_targets
+
+    auto = host_target_name()
+    for t in list_targets():
+        runs = "runs here" if t.runs_on_host and not t.missing_cpu_flags() else "cross/other CPU"
+        mark = "  <- auto" if t.name == auto else ""
+        print(f"{t.name:18s} {t.quant.activation_dtype}x{t.quant.weight_dtype}  {runs:16s} {t.description}{mark}")
+    return 0
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="compile the bundled digits CNN and compare it with ONNX Runtime",
+                       description="The main job on the bundled model: compile the digits CNN for this CPU, run its "
+                                   "held-out test split, and print top-1 accuracy and latency next to ONNX Runtime's.")
+    p.add_argument("--target", "-t", default="auto", help="target name or .yaml (default: auto)")
+    p.add_argument("--out-dir", default="qcompile-demo", help="where the artifacts go (default: ./qcompile-demo)")
+    p.add_argument("--threads", type=int, default=1, help="threads for both engines (default: 1)")
+    p.add_argument("--quantize", default="int8", choices=["int8", "int16", "none"],
+                   help="also compile an integer model and compare with ORT's quantize_static (default: int8)")
+    p.add_argument("--repeat", type=int, default=200, help="timed runs per engine (default: 200)")
+    p.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args):
+    from . import zoo
+    from .demo import format_rows, run_demo
+
+    quantize = None if args.quantize == "none" else args.quantize
+    if quantize:
+        try:
+            from .quantize import qconfig  # noqa: F401
+        except ModuleNotFoundError:
+            print("note: quantization is not available in this build; showing fp32 only")
+            quantize = None
+    rows = run_demo(args.target, args.out_dir, args.threads, quantize, args.repeat)
+    print(format_rows(rows, args.threads, len(zoo.digits_test()[1])))
+    if args.json:
+        write_json_atomic(args.json, [{k: v for k, v in r.items() if k != "logits"} for r in rows])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

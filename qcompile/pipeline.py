@@ -1,0 +1,212 @@
+"""The compile pipeline: a short, explicit list of named stages.
+
+    import -> preprocess -> annotate -> calibrate -> realize -> lower -> apply_records -> build -> export
+
+Each stage is a plain function of the CompileState. Stages that transform the IR
+run ordinary TVM passes, so a user can put their own Relax pass (a
+``tvm.transform.Pass``, e.g. made with ``@relax.transform.function_pass``, or any
+callable IRModule -> IRModule) before or after any stage::
+
+    pipe = qcompile.Pipeline(target="x86_64")
+    pipe.add_pass(MyPass(), after="preprocess")
+    artifact = pipe.run("model.onnx", out_dir="out")
+
+The annotate/calibrate/realize stages run only when a quantization config is given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import BuildError, ConfigError
+from .model import Model
+from .target import TargetSpec, load_target
+
+STAGES = ("import", "preprocess", "annotate", "calibrate", "realize", "lower", "apply_records", "build", "export")
+
+
+@dataclass
+class CompileState:
+    """What flows through the stages. ``mod`` is the current IRModule."""
+
+    source: object
+    target: TargetSpec
+    input_shapes: dict | None = None
+    qconfig: object = None
+    calib: object = None
+    records: list = field(default_factory=list)
+    out_dir: str | None = None
+    model: Model | None = None
+    mod: object = None
+    executable: object = None
+    artifact: object = None
+    quant_info: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- stages
+
+def stage_import(state: CompileState):
+    from .frontend import load
+
+    state.model = load(state.source, state.input_shapes)
+    state.mod = state.model.mod
+
+
+def preprocess_passes():
+    """Inference simplifications every target wants before quantization."""
+    from tvm import relax
+
+    return [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.FoldConstant(),
+        relax.transform.DeadCodeElimination(),
+    ]
+
+
+def stage_preprocess(state: CompileState):
+    state.mod = _apply(preprocess_passes(), state)
+
+
+def stage_annotate(state: CompileState):
+    if state.qconfig is None:
+        return
+    from .quantize import annotate
+
+    state.mod = annotate.annotate(state.mod, state.qconfig, state.target)
+
+
+def stage_calibrate(state: CompileState):
+    if state.qconfig is None:
+        return
+    from .quantize import calibrate
+
+    state.quant_info["ranges"] = calibrate.calibrate(state)
+
+
+def stage_realize(state: CompileState):
+    if state.qconfig is None:
+        return
+    from .quantize import realize
+
+    state.mod = realize.realize(state)
+
+
+def lower_passes(target):
+    """Legalize Relax ops to TIR and fuse them (TVM's CPU legalize passes)."""
+    from tvm.relax.backend.cpu_generic.pipeline import legalize_passes, library_dispatch_passes
+
+    return library_dispatch_passes(target) + legalize_passes(target)
+
+
+def stage_lower(state: CompileState):
+    state.mod = _apply(lower_passes(state.target.tvm()), state)
+
+
+def stage_apply_records(state: CompileState):
+    from .tune import records
+
+    state.mod, used = records.apply_records(state.mod, state.target, state.records)
+    if used:
+        state.notes.append(f"tuning records applied from {', '.join(used)}")
+
+
+def build_passes(target):
+    from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
+
+    return dataflow_lower_passes(target) + finalize_passes(target)
+
+
+def stage_build(state: CompileState):
+    import tvm
+
+    target = state.target.tvm()
+    seq = tvm.transform.Sequential(build_passes(target))
+    try:
+        state.executable = tvm.compile(state.mod, target, relax_pipeline=seq)
+    except Exception as err:  # noqa: BLE001 - TVM raises many error types from codegen
+        last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise BuildError(f"TVM failed to build for target '{state.target.name}': {last}") from err
+
+
+def stage_export(state: CompileState):
+    from .runtime.artifact import Artifact, write_artifact
+
+    if state.out_dir is None:
+        state.artifact = Artifact.in_memory(state)
+    else:
+        state.artifact = write_artifact(state, state.out_dir)
+
+
+_STAGE_FUNCS = {
+    "import": stage_import, "preprocess": stage_preprocess, "annotate": stage_annotate,
+    "calibrate": stage_calibrate, "realize": stage_realize, "lower": stage_lower,
+    "apply_records": stage_apply_records, "build": stage_build, "export": stage_export,
+}
+
+
+def _apply(passes, state: CompileState):
+    """Run TVM passes (or callables) on state.mod under the target."""
+    import tvm
+
+    mod = state.mod
+    with state.target.tvm(), tvm.transform.PassContext(opt_level=3):
+        for p in passes:
+            mod = p(mod)
+    return mod
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+class Pipeline:
+    """The stages plus the user's passes hooked before/after them."""
+
+    def __init__(self, target="auto", qconfig=None, records=(), input_shapes=None, progress: bool = True):
+        self.target = load_target(target)
+        self.qconfig = qconfig
+        self.records = list(records)
+        self.input_shapes = input_shapes
+        self.progress = progress
+        self._hooks: dict[tuple[str, str], list[Callable]] = {}
+
+    def add_pass(self, pass_, *, before: str | None = None, after: str | None = None) -> "Pipeline":
+        """Run `pass_` (tvm.transform.Pass or IRModule -> IRModule) before or after a named stage."""
+        if (before is None) == (after is None):
+            raise ConfigError("add_pass needs exactly one of before=STAGE or after=STAGE")
+        stage = before or after
+        if stage not in STAGES:
+            raise ConfigError(f"unknown stage '{stage}'; stages are: {', '.join(STAGES)}")
+        if stage in ("import",) and before:
+            raise ConfigError("there is no IR before 'import'; hook after='import' instead")
+        if stage in ("build", "export") and after:
+            raise ConfigError(f"after '{stage}' the IR is compiled; hook before='build' at the latest")
+        if not callable(pass_):
+            raise ConfigError(f"{pass_!r} is not a pass: give a tvm.transform.Pass or a function IRModule -> IRModule")
+        self._hooks.setdefault(("before" if before else "after", stage), []).append(pass_)
+        return self
+
+    def hooks(self) -> dict:
+        return {f"{k[0]}:{k[1]}": [getattr(p, "__name__", None) or type(p).__name__ for p in v] for k, v in self._hooks.items()}
+
+    def run(self, source, out_dir: str | None = None, calib=None) -> "object":
+        """Compile `source` (path, ModelProto, ExportedProgram or Model). Returns an Artifact."""
+        state = CompileState(source=source, target=self.target, input_shapes=self.input_shapes,
+                             qconfig=self.qconfig, calib=calib, records=self.records, out_dir=out_dir)
+        for name in STAGES:
+            self._run_hooks("before", name, state)
+            start = time.perf_counter()
+            _STAGE_FUNCS[name](state)
+            state.timings[name] = time.perf_counter() - start
+            self._run_hooks("after", name, state)
+        return state.artifact
+
+    def _run_hooks(self, when: str, stage: str, state: CompileState):
+        passes = self._hooks.get((when, stage))
+        if passes:
+            start = time.perf_counter()
+            state.mod = _apply(passes, state)
+            state.timings[f"{when}:{stage}"] = time.perf_counter() - start

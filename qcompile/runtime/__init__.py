@@ -1,0 +1,1 @@
+"""Running compiled artifacts: loading, running, benchmarking (locally and over RPC)."""

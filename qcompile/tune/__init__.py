@@ -1,0 +1,1 @@
+"""MetaSchedule integration: tuning, and applying tuning records at compile time."""
