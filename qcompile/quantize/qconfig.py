@@ -1,0 +1,148 @@
+"""QConfig: how to quantize, as data (a dataclass, loadable from YAML with --qconfig).
+
+Fields left as None take the target's preference (e.g. VNNI: uint8 activations x int8 weights).
+
+Example qconfig.yaml::
+
+    precision: int8            # int8 | int16
+    activation_dtype: uint8    # int8 | uint8 | int16 (default: target's)
+    weight_dtype: int8         # int8 | int16
+    per_channel: true
+    symmetric_activations: false
+    calib_method: entropy      # minmax | moving_average | percentile | entropy | mse
+    calib_params: {percentile: 99.99}
+    weight_method: max         # max | mse
+    num_samples: 200
+    batch_size: null           # default: the model's batch size
+    keep_fp32: [softmax, "re:.*head.*"]
+    keep_int16: []
+    mode: integer              # integer | simulate (fake-quant in float, for debugging)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+import yaml
+
+from ..errors import ConfigError
+
+CALIB_METHODS = ("minmax", "moving_average", "percentile", "entropy", "mse")
+PRECISIONS = ("int8", "int16")
+
+
+@dataclass
+class QConfig:
+    precision: str = "int8"
+    activation_dtype: str | None = None
+    weight_dtype: str | None = None
+    per_channel: bool | None = None
+    symmetric_activations: bool | None = None
+    calib_method: str = "minmax"
+    calib_params: dict = field(default_factory=dict)
+    weight_method: str = "max"
+    num_samples: int | None = None
+    batch_size: int | None = None
+    keep_fp32: list = field(default_factory=list)
+    keep_int16: list = field(default_factory=list)
+    mode: str = "integer"
+    source: str = ""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        where = f"{self.source}: " if self.source else ""
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{where}'precision' must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.activation_dtype not in (None, "int8", "uint8", "int16"):
+            raise ConfigError(f"{where}'activation_dtype' must be int8, uint8 or int16, got {self.activation_dtype!r}")
+        if self.weight_dtype not in (None, "int8", "int16"):
+            raise ConfigError(f"{where}'weight_dtype' must be int8 or int16, got {self.weight_dtype!r}")
+        if self.calib_method not in CALIB_METHODS:
+            raise ConfigError(f"{where}'calib_method' must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
+        if self.weight_method not in ("max", "mse"):
+            raise ConfigError(f"{where}'weight_method' must be max or mse, got {self.weight_method!r}")
+        if self.mode not in ("integer", "simulate"):
+            raise ConfigError(f"{where}'mode' must be integer or simulate, got {self.mode!r}")
+        for key in ("num_samples", "batch_size"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{where}'{key}' must be a positive integer, got {v!r}")
+        for key in ("keep_fp32", "keep_int16"):
+            for pat in getattr(self, key):
+                if isinstance(pat, str) and pat.startswith("re:"):
+                    try:
+                        re.compile(pat[3:])
+                    except re.error as err:
+                        raise ConfigError(f"{where}'{key}' pattern {pat!r} is not a valid regex: {err}") from None
+
+    # --------------------------------------------------------------- resolution against a target
+    def resolved(self, target) -> "QConfig":
+        """A copy with every None filled from the target's quant spec and the precision."""
+        q = target.quant
+        c = dataclasses.replace(self)
+        if self.precision == "int16":
+            c.activation_dtype = c.activation_dtype or "int16"
+            c.weight_dtype = c.weight_dtype or "int16"
+        c.activation_dtype = c.activation_dtype or q.activation_dtype
+        c.weight_dtype = c.weight_dtype or q.weight_dtype
+        c.per_channel = q.per_channel_weights if c.per_channel is None else c.per_channel
+        c.symmetric_activations = q.symmetric_activations if c.symmetric_activations is None else c.symmetric_activations
+        return c
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    # --------------------------------------------------------------- loading
+    @staticmethod
+    def from_dict(data: dict, source: str = "") -> "QConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a qconfig must be a mapping of keys")
+        names = {f.name for f in dataclasses.fields(QConfig)} - {"source"}
+        for key in data:
+            if key not in names:
+                raise ConfigError(f"{source}: unknown key '{key}'; valid keys: {', '.join(sorted(names))}")
+        return QConfig(source=source, **data)
+
+    @staticmethod
+    def from_yaml(path: str) -> "QConfig":
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read qconfig: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        try:
+            return QConfig.from_dict(data, source=path)
+        except TypeError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+    @staticmethod
+    def from_cli(quantize="int8", qconfig_path=None, **overrides) -> "QConfig":
+        base = QConfig.from_yaml(qconfig_path).to_json() if qconfig_path else {}
+        if quantize:
+            base["precision"] = quantize
+        for k, v in overrides.items():
+            if v is not None and v != []:
+                base[k] = list(base.get(k, [])) + list(v) if isinstance(v, list) else v
+        return QConfig(source=qconfig_path or "", **base)
+
+
+def matches(patterns, op_name: str, node_name: str) -> bool:
+    """True if a keep_* pattern names this op type ('softmax', 'relax.nn.softmax'),
+    this node ('conv_3'), or matches it by regex ('re:.*head.*')."""
+    short = op_name.rsplit(".", 1)[-1]
+    for pat in patterns:
+        if pat.startswith("re:"):
+            rx = re.compile(pat[3:])
+            if rx.fullmatch(node_name) or rx.fullmatch(op_name) or rx.fullmatch(short):
+                return True
+        elif pat in (op_name, short, node_name):
+            return True
+    return False
