@@ -73,27 +73,42 @@ def stage_preprocess(state: CompileState):
 
 
 def stage_annotate(state: CompileState):
+    """Plan which layers get quantized (the rules registry decides)."""
     if state.qconfig is None:
         return
     from .quantize import annotate
 
-    state.mod = annotate.annotate(state.mod, state.qconfig, state.target)
+    qconfig = state.qconfig.resolved(state.target)
+    state.quant_info["qconfig"] = qconfig
+    state.quant_info["plan"] = annotate.annotate(state.mod, qconfig, state.target,
+                                                 state.quant_info.get("precision_overrides"))
 
 
 def stage_calibrate(state: CompileState):
+    """Observe the planned tensors on the calibration data (reuses ranges given in quant_info)."""
     if state.qconfig is None:
         return
-    from .quantize import calibrate
+    if state.quant_info.get("ranges") is None:
+        from .quantize import calibrate
 
-    state.quant_info["ranges"] = calibrate.calibrate(state)
+        state.quant_info["ranges"] = calibrate.calibrate(state)
 
 
 def stage_realize(state: CompileState):
+    """Rewrite the planned layers into integer arithmetic."""
     if state.qconfig is None:
         return
     from .quantize import realize
 
     state.mod = realize.realize(state)
+    plan, qconfig = state.quant_info["plan"], state.quant_info["qconfig"]
+    realized = state.quant_info["realized"]
+    state.quant_info["summary"] = {
+        "qconfig": qconfig.to_json(),
+        "layers": {layer.name: realized.get(layer.name, "fp32") for layer in plan.layers},
+        "integer_layers": len(realized),
+        "calibration_samples": state.quant_info.get("num_calib_samples"),
+    }
 
 
 def lower_passes(target):
@@ -196,6 +211,7 @@ class Pipeline:
         """Compile `source` (path, ModelProto, ExportedProgram or Model). Returns an Artifact."""
         state = CompileState(source=source, target=self.target, input_shapes=self.input_shapes,
                              qconfig=self.qconfig, calib=calib, records=self.records, out_dir=out_dir)
+        self.state = state  # kept for inspection: plan, ranges, timings
         for name in STAGES:
             self._run_hooks("before", name, state)
             start = time.perf_counter()

@@ -9,7 +9,7 @@ Example qconfig.yaml::
     weight_dtype: int8         # int8 | int16
     per_channel: true
     symmetric_activations: false
-    calib_method: entropy      # minmax | moving_average | percentile | entropy | mse
+    calib_method: mse          # minmax | moving_average | percentile | entropy | mse
     calib_params: {percentile: 99.99}
     weight_method: max         # max | mse
     num_samples: 200
@@ -40,7 +40,7 @@ class QConfig:
     weight_dtype: str | None = None
     per_channel: bool | None = None
     symmetric_activations: bool | None = None
-    calib_method: str = "minmax"
+    calib_method: str = "mse"
     calib_params: dict = field(default_factory=dict)
     weight_method: str = "max"
     num_samples: int | None = None

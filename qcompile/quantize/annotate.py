@@ -1,0 +1,165 @@
+"""Annotate: decide what gets quantized, as a plan over the bindings of ``main``.
+
+The pass walks the dataflow block of ``main`` once. For each call whose op has a
+rule (see rules/), the rule may open a *layer*: the call plus the bindings it
+absorbs (a conv2d takes its bias add and its ReLU/clip). The plan records, per
+layer, its activation inputs, constant weights, precision (int8 / int16 / fp32,
+from the qconfig's keep_* patterns and mixed-precision choices), and the tensors
+whose ranges calibration must observe.
+
+Layers are named ``<op>_<k>`` (conv2d_0, matmul_2, add_1, ...) in graph order;
+those names are what ``keep_fp32`` / ``keep_int16`` and the reports use.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .qconfig import matches
+from .rules import rule_for
+
+
+@dataclass(eq=False)
+class Layer:
+    name: str
+    rule: object
+    op: str
+    anchor: object              # the binding var of the anchor call
+    call: object                # the anchor call
+    bindings: list              # all absorbed bindings, anchor first
+    inputs: list                # activation inputs (relax exprs, float tensors)
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    clip: tuple | None = None   # (lo, hi) float bounds of a fused ReLU/clip
+    precision: str = "int8"
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def out(self):
+        return self.bindings[-1].var
+
+    @staticmethod
+    def single(binding, rule, graph, inputs=None):
+        call = binding.value
+        ins = inputs if inputs is not None else [a for a in call.args if graph.is_tensor_var(a)]
+        return Layer(name="", rule=rule, op=call.op.name, anchor=binding.var, call=call,
+                     bindings=[binding], inputs=ins)
+
+
+class Graph:
+    """Read-only view of main's bindings for rules: producers, users, constants."""
+
+    def __init__(self, func):
+        from tvm import relax
+
+        self.func = func
+        self.bindings = [b for blk in func.body.blocks for b in blk.bindings]
+        self.value = {b.var: b.value for b in self.bindings}
+        self.users = Counter()
+        for b in self.bindings:
+            for v in relax.analysis.free_vars(b.value):
+                self.users[v] += 1
+        body = func.body.body
+        for v in relax.analysis.free_vars(body):
+            self.users[v] += 1
+        self.params = list(func.params)
+        self._next = {b.var: self.bindings[i + 1] if i + 1 < len(self.bindings) else None
+                      for i, b in enumerate(self.bindings)}
+
+    def is_tensor_var(self, e) -> bool:
+        from tvm import relax
+
+        return isinstance(e, relax.Var) and isinstance(e.ty, relax.TensorType) and str(e.ty.dtype).startswith("float")
+
+    def sole_user(self, var):
+        """The binding that is the only use of `var`, if it is the very next binding."""
+        from tvm import relax
+
+        if self.users[var] != 1:
+            return None
+        nxt = self._next.get(var)
+        if nxt is None or var not in relax.analysis.free_vars(nxt.value):
+            return None
+        return nxt
+
+    @staticmethod
+    def const(e):
+        """numpy value of a relax.Constant, else None."""
+        import tvm
+
+        if isinstance(e, tvm.ir.expr.Constant):
+            return e.value.numpy()
+        return None
+
+
+@dataclass
+class QuantPlan:
+    layers: list
+    observe: list              # vars (float tensors) calibration must observe
+    func: object
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def summary(self) -> dict:
+        return {"layers": len(self.layers),
+                "precision": dict(Counter(layer.precision for layer in self.layers)),
+                "ops": dict(Counter(layer.op for layer in self.layers))}
+
+
+def annotate(mod, qconfig, target=None, precision_overrides: dict | None = None) -> QuantPlan:
+    """Build the quantization plan for mod["main"]."""
+    func = mod["main"]
+    graph = Graph(func)
+    taken, layers, counts = set(), [], Counter()
+    for b in graph.bindings:
+        if b.var in taken or not _is_call(b.value):
+            continue
+        rule = rule_for(b.value.op.name)
+        layer = rule.match(b, graph) if rule is not None else None
+        if layer is None:
+            continue
+        short = layer.op.rsplit(".", 1)[-1]
+        layer.name = f"{short}_{counts[short]}"
+        counts[short] += 1
+        layer.precision = _precision(layer, qconfig, precision_overrides or {})
+        taken.update(x.var for x in layer.bindings)
+        layers.append(layer)
+    observe = _observed(layers, graph)
+    return QuantPlan(layers=layers, observe=observe, func=func)
+
+
+def _is_call(e) -> bool:
+    import tvm
+    from tvm import relax
+
+    return isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op)
+
+
+def _precision(layer, qconfig, overrides: dict) -> str:
+    if layer.name in overrides:
+        return overrides[layer.name]
+    if matches(qconfig.keep_fp32, layer.op, layer.name):
+        return "fp32"
+    if matches(qconfig.keep_int16, layer.op, layer.name):
+        return "int16"
+    return qconfig.precision
+
+
+def _observed(layers, graph) -> list:
+    """Every activation input and output of a quantized layer, once, in graph order."""
+    seen, out = set(), []
+    for layer in layers:
+        if layer.precision == "fp32":
+            continue
+        for v in list(layer.inputs) + [layer.out]:
+            if graph.is_tensor_var(v) and v not in seen:
+                seen.add(v)
+                out.append(v)
+    return out

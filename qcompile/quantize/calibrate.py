@@ -1,0 +1,137 @@
+"""Calibrate: run the fp32 model on sample data and pick a range for every observed tensor.
+
+The plan's observed tensors become the outputs of a calibration copy of ``main``,
+compiled for the host CPU. Calibration samples are fed in chunks of the model's
+batch size, with a progress bar; each chunk's tensors go straight into bounded-memory
+observers (running min/max or histograms), never kept.
+
+Calibration data is ``{input name: array}`` whose first axis indexes samples, from an
+``.npz`` file or a folder of them. Wrong keys, shapes, dtypes, NaN/Inf and empty data
+are errors that say what to fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+
+from ..errors import CalibrationError
+from .observers import make_observer
+
+
+def load_calib(src) -> dict:
+    """Calibration arrays from a dict, an .npz path, or a folder of .npz files (concatenated)."""
+    if src is None:
+        raise CalibrationError("quantization needs calibration data: pass --calib FILE.npz (keys = input names, "
+                               "first axis = samples)")
+    if isinstance(src, dict):
+        return {k: np.asarray(v) for k, v in src.items()}
+    path = os.fspath(src)
+    files = sorted(glob.glob(os.path.join(path, "*.npz"))) if os.path.isdir(path) else [path]
+    if not files:
+        raise CalibrationError(f"{path}: folder holds no .npz files")
+    parts: dict = {}
+    for f in files:
+        if not os.path.isfile(f):
+            raise CalibrationError(f"{f}: no such calibration file")
+        try:
+            with np.load(f, allow_pickle=False) as data:
+                for k in data.files:
+                    parts.setdefault(k, []).append(data[k])
+        except (OSError, ValueError) as err:
+            raise CalibrationError(f"{f}: not a readable .npz file ({err})") from None
+    return {k: np.concatenate(v, axis=0) if len(v) > 1 else v[0] for k, v in parts.items()}
+
+
+def check_calib(data: dict, inputs, num_samples=None) -> tuple[dict, int]:
+    """Validate calibration arrays against the model inputs; returns (arrays, sample count)."""
+    names = [s.name for s in inputs]
+    unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
+    if unknown or missing:
+        raise CalibrationError(f"calibration keys do not match the model inputs: unknown {unknown}, missing {missing}; "
+                               f"the model's inputs are {', '.join(str(s) for s in inputs)}")
+    counts = set()
+    for spec in inputs:
+        a = data[spec.name]
+        if a.dtype != np.dtype(spec.dtype):
+            raise CalibrationError(f"calibration input '{spec.name}' has dtype {a.dtype}, the model expects {spec.dtype}")
+        if a.ndim != len(spec.shape) or tuple(a.shape[1:]) != tuple(spec.shape[1:]):
+            raise CalibrationError(f"calibration input '{spec.name}' has shape {list(a.shape)}; expected "
+                                   f"[N, {', '.join(map(str, spec.shape[1:]))}] (first axis = samples)")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad = int((~np.isfinite(a)).sum())
+            raise CalibrationError(f"calibration input '{spec.name}' holds {bad} NaN/Inf value(s); clean the data")
+        counts.add(a.shape[0])
+    if len(counts) != 1:
+        raise CalibrationError(f"calibration inputs hold different sample counts {sorted(counts)}")
+    n = counts.pop()
+    if num_samples:
+        n = min(n, num_samples)
+        data = {k: v[:n] for k, v in data.items()}
+    batch = inputs[0].shape[0] if inputs[0].shape else 1
+    if n == 0:
+        raise CalibrationError("calibration data holds 0 samples")
+    if n < batch:
+        raise CalibrationError(f"calibration data holds {n} samples, fewer than the model's batch size {batch}")
+    usable = n - n % batch
+    return {k: v[:usable] for k, v in data.items()}, usable
+
+
+def calibration_module(plan, tensors=None):
+    """A copy of main returning the observed tensors (a tuple), for the calibration run."""
+    import tvm
+    from tvm import relax
+
+    from .annotate import QuantPlan
+    from .realize import Realizer
+
+    tensors = list(plan.observe if tensors is None else tensors)
+    float_plan = QuantPlan(layers=[], observe=[], func=plan.func)
+    rz = Realizer(float_plan, {}, None)
+    func = rz.rebuild(plan.func, outputs=lambda r: relax.Tuple([r.float_of(v) for v in tensors]))
+    return tvm.IRModule({"main": func}), tensors
+
+
+def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: dict, progress=True) -> dict:
+    """Feed every observed tensor of every calibration batch to its observer; return {var: (lo, hi)}."""
+    import tvm
+    from tvm import relax
+
+    from ..target import load_target
+
+    if not plan.observe:
+        return {}
+    mod, tensors = calibration_module(plan)
+    host = load_target("auto")
+    with host.tvm():
+        mod = relax.get_pipeline("zero")(mod)
+    vm = relax.VirtualMachine(tvm.compile(mod, host.tvm()), tvm.cpu())
+    observers = [make_observer(method, name=v.name, **params) for v in tensors]
+    batch = model_inputs[0].shape[0]
+    steps = range(0, n, batch)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc=f"calibrate ({method})", unit="batch", leave=False, total=n // batch)
+    for start in steps:
+        args = [tvm.runtime.tensor(np.ascontiguousarray(data[s.name][start:start + batch])) for s in model_inputs]
+        outs = vm["main"](*args)
+        for obs, out in zip(observers, outs):
+            obs.update(out.numpy())
+    return {v: tuple(obs.compute_range()) for v, obs in zip(tensors, observers)}
+
+
+def calibrate(state) -> dict:
+    """Pipeline stage: ranges for the plan in state.quant_info (needs state.calib)."""
+    qconfig = state.quant_info["qconfig"]
+    plan = state.quant_info["plan"]
+    data, n = check_calib(load_calib(state.calib), state.model.inputs, qconfig.num_samples)
+    params = dict(qconfig.calib_params)
+    if qconfig.calib_method in ("percentile", "entropy", "mse"):
+        params.setdefault("dtype", qconfig.activation_dtype)
+        params.setdefault("symmetric", bool(qconfig.symmetric_activations))
+    ranges = run_observers(plan, state.model.inputs, data, n, qconfig.calib_method, params)
+    state.quant_info["num_calib_samples"] = n
+    return ranges

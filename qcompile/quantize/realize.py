@@ -1,0 +1,229 @@
+"""Realize: rewrite the annotated graph into real integer arithmetic.
+
+``main`` is rebuilt binding by binding with a BlockBuilder. A layer whose rule can
+realize it becomes integer ops on integer codes (int8/uint8/int16 operands, int32
+or int64 accumulation, fixed-point requantize); its output lives on as a QTensor
+(codes + scale + zero point). Every other binding stays in float and reads its
+inputs through ``float_of``, which dequantizes a QTensor only where a float
+consumer actually needs it. Integer-exact ops (max-pool, reshape, ReLU...) keep
+tensors in the integer domain, so between two quantized layers there is no float
+arithmetic at all; float appears only at the entry (quantize) and exit (dequantize)
+of integer regions.
+
+The requantize arithmetic is exactly ``fixed_point.requantize``:
+``clamp(((int64(acc) * M + (1 << (S - 1))) >> S) + zp, lo, hi)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import fixed_point
+from .observers import choose_qparams
+
+
+@dataclass
+class QTensor:
+    """Integer codes with their per-tensor quantization parameters."""
+
+    expr: object
+    scale: float
+    zp: int
+    dtype: str
+
+
+def realize(state):
+    """Pipeline stage: the realized IRModule for state.quant_info's plan and ranges."""
+    import tvm
+
+    plan = state.quant_info["plan"]
+    ranges = state.quant_info["ranges"]
+    qconfig = state.quant_info["qconfig"]
+    rz = Realizer(plan, ranges, qconfig)
+    func = rz.rebuild(plan.func)
+    mod = tvm.IRModule({"main": func}) if len(state.mod.functions) == 1 else _replace_main(state.mod, func)
+    state.quant_info["realized"] = rz.realized
+    return mod
+
+
+def _replace_main(mod, func):
+    mod = mod.clone() if hasattr(mod, "clone") else mod
+    mod["main"] = func
+    return mod
+
+
+class Realizer:
+    """Emits the rewritten ``main``; rules call back into it (qin, qparams, requantize...)."""
+
+    def __init__(self, plan, ranges: dict, qconfig):
+        from tvm import relax
+
+        self.plan = plan
+        self.ranges = ranges
+        self.qconfig = qconfig
+        self.bb = relax.BlockBuilder()
+        self.float_map: dict = {}
+        self.int_map: dict = {}
+        self.realized: dict = {}
+        self._by_anchor = {layer.anchor: layer for layer in plan.layers}
+        self._absorbed = {b.var for layer in plan.layers for b in layer.bindings[1:]}
+
+    # ------------------------------------------------------------------ driver
+    def rebuild(self, func, outputs=None):
+        """Rebuild `func`; `outputs(realizer)` may choose what it returns (default: its own outputs)."""
+        from tvm import relax
+
+        if len(func.body.blocks) != 1 or not isinstance(func.body.blocks[0], relax.DataflowBlock):
+            raise NotImplementedError("quantization needs main to be one dataflow block (no control flow)")
+        bb = self.bb
+        attrs = dict(func.attrs) if func.attrs is not None else None
+        with bb.function("main", list(func.params), attrs=attrs):
+            with bb.dataflow():
+                for b in func.body.blocks[0].bindings:
+                    self._visit(b)
+                result = outputs(self) if outputs else self._remap(func.body.body)
+                gv = bb.emit_output(result)
+            bb.emit_func_output(gv)
+        return bb.get()["main"]
+
+    def _visit(self, binding):
+        layer = self._by_anchor.get(binding.var)
+        if binding.var in self._absorbed:
+            return
+        if layer is not None and layer.precision != "fp32":
+            q = layer.rule.realize(layer, self)
+            if q is not None:
+                self.int_map[layer.out] = q
+                self.realized[layer.name] = q.dtype
+                return
+        for b in (layer.bindings if layer is not None else [binding]):
+            self.float_map[b.var] = self.bb.emit(self._remap(b.value), name_hint=b.var.name)
+
+    # ------------------------------------------------------------------ float side
+    def _remap(self, e):
+        from tvm import relax
+
+        if isinstance(e, relax.Var):
+            return self.float_of(e)
+        if isinstance(e, relax.Tuple):
+            return relax.Tuple([self._remap(f) for f in e.fields])
+        if isinstance(e, relax.TupleGetItem):
+            return relax.TupleGetItem(self._remap(e.tuple_value), e.index)
+        if isinstance(e, relax.Call):
+            return relax.Call(e.op, [self._remap(a) for a in e.args], e.attrs, e.ty_args)
+        return e
+
+    def float_of(self, var):
+        """The float value of an original var (dequantizing its QTensor once, if needed)."""
+        from tvm import relax
+
+        if var in self.float_map:
+            return self.float_map[var]
+        if var in self.int_map:
+            q = self.int_map[var]
+            deq = relax.op.dequantize(q.expr, relax.const(q.scale, "float32"), relax.const(q.zp, _zp_dtype(q.dtype)),
+                                      axis=-1, out_dtype=str(var.ty.dtype))
+            self.float_map[var] = self.bb.emit(deq, name_hint=var.name + "_dq")
+            return self.float_map[var]
+        return var  # a function parameter
+
+    # ------------------------------------------------------------------ integer side
+    def act_dtype(self, layer) -> str:
+        return "int16" if layer.precision == "int16" else self.qconfig.activation_dtype
+
+    def weight_dtype(self, layer) -> str:
+        return "int16" if layer.precision == "int16" else self.qconfig.weight_dtype
+
+    def integer(self, var):
+        """The QTensor of an original var if it already lives in the integer domain."""
+        return self.int_map.get(var)
+
+    def qparams(self, var, dtype) -> tuple[float, int]:
+        if var not in self.ranges:
+            raise KeyError(f"no calibrated range for {var.name}")
+        lo, hi = self.ranges[var]
+        return choose_qparams(lo, hi, dtype, bool(self.qconfig.symmetric_activations))
+
+    def qin(self, var, dtype: str) -> QTensor:
+        """`var` as integer codes of `dtype`: reuse its QTensor, else quantize its float value."""
+        from tvm import relax
+
+        q = self.int_map.get(var)
+        if q is not None and q.dtype == dtype:
+            return q
+        scale, zp = self.qparams(var, dtype)
+        if q is not None:  # a precision boundary: integer -> integer of another width
+            return QTensor(self.requantize_codes(q, scale, zp, dtype), scale, zp, dtype)
+        expr = relax.op.quantize(self.float_of(var), relax.const(scale, "float32"),
+                                 relax.const(zp, _zp_dtype(dtype)), axis=-1, out_dtype=dtype)
+        return QTensor(self.bb.emit(expr, name_hint=var.name + "_q"), scale, zp, dtype)
+
+    def const(self, value, dtype):
+        from tvm import relax
+
+        return relax.const(np.asarray(value).astype(dtype), dtype)
+
+    def emit(self, expr, name="q"):
+        return self.bb.emit(expr, name_hint=name)
+
+    def requantize(self, acc, real_scale, out_scale: float, out_zp: int, out_dtype: str, axis: int = 1,
+                   clip=None, acc_bound: int | None = None, ndim: int = 4):
+        """int32/int64 accumulator -> codes of out_dtype, by the fixed-point rule.
+
+        real_scale -- scale of one accumulator unit (scalar, or per channel along `axis`)
+        clip       -- (lo, hi) float bounds of a fused ReLU/clip, applied as an integer clamp
+        """
+        from tvm import relax
+
+        m = np.asarray(real_scale, np.float64) / float(out_scale)
+        bits = fixed_point.multiplier_bits_for(acc_bound) if acc_bound else fixed_point.MAX_MULTIPLIER_BITS
+        mult, shift = fixed_point.quantize_multiplier(m, bits=bits)
+        mult, shift = np.asarray(mult, np.int64), np.asarray(shift, np.int64)
+        shape = [1] * ndim
+        if mult.ndim and mult.size > 1:
+            shape[axis] = mult.size
+            mult, shift = mult.reshape(shape), shift.reshape(shape)
+        rounding = np.left_shift(np.int64(1), shift - 1).astype(np.int64)
+        x = acc if str(acc.ty.dtype) == "int64" else self.emit(relax.op.astype(acc, "int64"), "acc64")
+        x = self.emit(relax.op.multiply(x, self.const(mult, "int64")), "scaled")
+        x = self.emit(relax.op.add(x, self.const(rounding, "int64")), "rounded")
+        x = self.emit(relax.op.right_shift(x, self.const(shift, "int64")), "shifted")
+        return self.clamp_cast(x, out_scale, out_zp, out_dtype, clip)
+
+    def clamp_cast(self, x, out_scale, out_zp, out_dtype, clip=None):
+        """x + zp, clamped to the dtype range (tightened by a fused ReLU/clip), cast to out_dtype."""
+        from tvm import relax
+
+        x = self.emit(relax.op.add(x, self.const(out_zp, str(x.ty.dtype))), "zp")
+        lo, hi = clamp_bounds(out_scale, out_zp, out_dtype, clip)
+        x = self.emit(relax.op.clip(x, relax.prim_value(int(lo)), relax.prim_value(int(hi))), "clamped")
+        return self.emit(relax.op.astype(x, out_dtype), "requant")
+
+    def requantize_codes(self, q: QTensor, out_scale: float, out_zp: int, out_dtype: str, clip=None):
+        """Codes of one QTensor re-expressed with another scale / zero point / dtype."""
+        from tvm import relax
+
+        if q.scale == out_scale and q.zp == out_zp and q.dtype == out_dtype and clip is None:
+            return q.expr
+        centered = self.emit(relax.op.subtract(relax.op.astype(q.expr, "int64"), self.const(q.zp, "int64")), "centered")
+        ndim = len(q.expr.ty.shape) if q.expr.ty.shape is not None else 0
+        return self.requantize(centered, q.scale, out_scale, out_zp, out_dtype, clip=clip, ndim=max(ndim, 1))
+
+
+def clamp_bounds(scale: float, zp: int, dtype: str, clip=None) -> tuple[int, int]:
+    """Integer clamp range: the dtype's range, tightened by float bounds (lo, hi) of a fused activation."""
+    qmin, qmax = fixed_point.qrange(dtype)
+    if clip is not None:
+        lo, hi = clip
+        if lo is not None and np.isfinite(lo):
+            qmin = max(qmin, int(zp + np.ceil(lo / scale - 1e-9)) if lo != 0 else zp)
+        if hi is not None and np.isfinite(hi):
+            qmax = min(qmax, int(zp + np.floor(hi / scale + 1e-9)))
+    return qmin, max(qmin, qmax)
+
+
+def _zp_dtype(dtype: str) -> str:
+    """TVM's quantize/dequantize take an int32 zero point for every code dtype."""
+    return "int32"

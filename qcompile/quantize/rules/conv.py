@@ -1,0 +1,83 @@
+"""conv2d (plain, grouped, depthwise), NCHW/OIHW, with a constant weight.
+
+Integer form, per output channel c (weights symmetric, zero point 0):
+    acc[c] = conv(pad(x_q, value=x_zp), w_q)[c] + bias_q[c]
+    bias_q[c] = round(bias[c] / (s_x * s_w[c])) - x_zp * sum(w_q[c])
+Padding with the input zero point and folding x_zp * sum(w_q) into the bias makes
+the zero-point correction exact. The accumulator is int32 for 8-bit operands and
+int64 for 16-bit ones, then requantized per channel; a fused ReLU/clip is the clamp.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import fixed_point
+from ..observers import weight_qparams
+from ..reference import quantize as quantize_ref
+from . import Rule, register
+from ._fuse import absorb_activation, absorb_bias
+
+
+@register("relax.nn.conv2d")
+class Conv2dRule(Rule):
+    def match(self, binding, graph):
+        from ..annotate import Layer
+
+        call = binding.value
+        weight = graph.const(call.args[1])
+        attrs = call.attrs
+        if weight is None or not graph.is_tensor_var(call.args[0]) or weight.ndim != 4:
+            return None
+        if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW":
+            return None
+        layer = Layer.single(binding, self, graph, inputs=[call.args[0]])
+        layer.weight = weight.astype(np.float32)
+        absorb_bias(layer, graph, weight.shape[0], axis=1, ndim=4)
+        absorb_activation(layer, graph)
+        return layer
+
+    def realize(self, layer, rz):
+        from tvm import relax
+
+        attrs = layer.call.attrs
+        a_dtype, w_dtype = rz.act_dtype(layer), rz.weight_dtype(layer)
+        x = rz.qin(layer.inputs[0], a_dtype)
+        w_scale, w_q = quantize_weight(layer.weight, w_dtype, rz.qconfig, axis=0)
+        acc_dtype = "int32" if w_dtype == "int8" else "int64"
+
+        data, padding = x.expr, [int(p) for p in attrs.padding]
+        if x.zp != 0 and any(padding):
+            top, left, bottom, right = padding
+            data = rz.emit(relax.op.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(x.zp)), "padded")
+            padding = [0, 0, 0, 0]
+        acc = rz.emit(relax.op.nn.conv2d(data, rz.const(w_q, w_dtype), strides=attrs.strides, padding=padding,
+                                         dilation=attrs.dilation, groups=int(attrs.groups), out_dtype=acc_dtype), "conv")
+        acc_scale = x.scale * w_scale.astype(np.float64)
+        bias_q = fold_bias(layer.bias, acc_scale, x.zp, w_q.reshape(w_q.shape[0], -1).sum(axis=1))
+        acc = rz.emit(relax.op.add(acc, rz.const(bias_q.reshape(1, -1, 1, 1), acc_dtype)), "biased")
+
+        k = int(np.prod(w_q.shape[1:]))
+        out_scale, out_zp = rz.qparams(layer.out, a_dtype)
+        bound = fixed_point.acc_bound(k, a_dtype, w_dtype, x.zp, 0) + int(np.abs(bias_q).max(initial=0))
+        out = rz.requantize(acc, acc_scale, out_scale, out_zp, a_dtype, axis=1, clip=layer.clip,
+                            acc_bound=bound if acc_dtype == "int64" else None)
+        from ..realize import QTensor
+
+        return QTensor(out, out_scale, out_zp, a_dtype)
+
+
+def quantize_weight(w: np.ndarray, dtype: str, qconfig, axis: int):
+    """Symmetric weight codes, per channel along `axis` (or per tensor when per_channel is off)."""
+    per_channel_axis = axis if qconfig.per_channel else None
+    scale, _ = weight_qparams(w, axis=per_channel_axis, dtype=dtype, method=qconfig.weight_method, symmetric=True)
+    scale = np.broadcast_to(np.asarray(scale, np.float32), (w.shape[axis],)).copy()
+    q = quantize_ref(w, scale, 0, dtype, axis=axis, narrow_range=True)
+    return scale, q
+
+
+def fold_bias(bias, acc_scale: np.ndarray, x_zp: int, w_sums: np.ndarray) -> np.ndarray:
+    """bias in accumulator units, with the input zero-point correction folded in (int64)."""
+    b = np.zeros_like(acc_scale) if bias is None else np.asarray(bias, np.float64)
+    q = np.rint(b / acc_scale).astype(np.int64) - int(x_zp) * w_sums.astype(np.int64)
+    return q
