@@ -18,17 +18,18 @@ __version__ = "0.1.0"
 
 
 def compile(model, target="auto", out_dir=None, *, input_shapes=None, qconfig=None, calib=None,
-            records=(), passes=()):
+            records=(), passes=(), evaluation=None):
     """Compile a model (path, onnx.ModelProto, torch ExportedProgram or Model) for a target.
 
     passes -- [(pass, "after:STAGE" | "before:STAGE"), ...] user passes to hook in.
+    evaluation -- mixed precision (qconfig.budget): {"inputs": ..., "labels": ..., "fn": ...}
     Returns an Artifact (written to out_dir when given).
     """
     pipe = Pipeline(target=target, qconfig=qconfig, records=records, input_shapes=input_shapes)
     for p, where in passes:
         when, _, stage = where.partition(":")
         pipe.add_pass(p, **{when: stage})
-    return pipe.run(model, out_dir=out_dir, calib=calib)
+    return pipe.run(model, out_dir=out_dir, calib=calib, evaluation=evaluation)
 
 
 def load(path: str) -> Artifact:

@@ -156,7 +156,8 @@ def make_pipeline(args, qconfig=None):
     from .errors import ConfigError
     from .pipeline import Pipeline
 
-    pipe = Pipeline(target=args.target, qconfig=qconfig, records=args.records, input_shapes=args.input_shape)
+    pipe = Pipeline(target=args.target, qconfig=qconfig, records=args.records, input_shapes=args.input_shape,
+                    quant_report=bool(getattr(args, "report", False)))
     passes, ats = getattr(args, "passes", []), getattr(args, "at", [])
     if len(passes) != len(ats):
         raise ConfigError(f"give one --at WHEN:STAGE for each --pass ({len(passes)} --pass, {len(ats)} --at)")
@@ -169,13 +170,13 @@ def make_pipeline(args, qconfig=None):
 
 
 def cmd_compile(args):
-    qconfig, calib = None, None
+    qconfig, calib, evaluation = None, None, None
     if hasattr(args, "quantize"):
         from .quantize.cli import qconfig_from_args
 
-        qconfig, calib = qconfig_from_args(args)
+        qconfig, calib, evaluation = qconfig_from_args(args)
     pipe = make_pipeline(args, qconfig)
-    art = pipe.run(args.model, out_dir=args.output, calib=calib)
+    art = pipe.run(args.model, out_dir=args.output, calib=calib, evaluation=evaluation)
     secs = art.metadata["compile_seconds"]
     print(f"compiled {args.model} for {art.target_name} -> {args.output} "
           f"(import {secs.get('import', 0):.2f}s, total {sum(v for k, v in secs.items() if ':' not in k):.2f}s)")

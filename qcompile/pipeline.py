@@ -109,6 +109,24 @@ def stage_realize(state: CompileState):
         "integer_layers": len(realized),
         "calibration_samples": state.quant_info.get("num_calib_samples"),
     }
+    if state.quant_info.get("want_report"):
+        _layer_report(state)
+
+
+def _layer_report(state: CompileState):
+    """Per-layer fp32-vs-quantized error table; saved in the artifact as quant_report.json/.png."""
+    from .quantize import report
+    from .quantize.calibrate import load_calib
+
+    evaluation = state.quant_info.get("evaluation") or {}
+    samples = evaluation.get("inputs") or load_calib(state.calib)
+    rows = report.layer_errors(state, samples)
+    print(report.format_table(rows))
+    state.quant_info["report_rows"] = rows
+    state.quant_info.setdefault("files", {}).update({
+        "quant_report.json": lambda path: report.save(rows, json_path=path),
+        "quant_report.png": lambda path: report.save(rows, png_path=path),
+    })
 
 
 def lower_passes(target):
@@ -180,8 +198,10 @@ def _apply(passes, state: CompileState):
 class Pipeline:
     """The stages plus the user's passes hooked before/after them."""
 
-    def __init__(self, target="auto", qconfig=None, records=(), input_shapes=None, progress: bool = True):
+    def __init__(self, target="auto", qconfig=None, records=(), input_shapes=None, progress: bool = True,
+                 quant_report: bool = False):
         self.target = load_target(target)
+        self.quant_report = quant_report
         self.qconfig = qconfig
         self.records = list(records)
         self.input_shapes = input_shapes
@@ -207,18 +227,35 @@ class Pipeline:
     def hooks(self) -> dict:
         return {f"{k[0]}:{k[1]}": [getattr(p, "__name__", None) or type(p).__name__ for p in v] for k, v in self._hooks.items()}
 
-    def run(self, source, out_dir: str | None = None, calib=None) -> "object":
-        """Compile `source` (path, ModelProto, ExportedProgram or Model). Returns an Artifact."""
+    def run(self, source, out_dir: str | None = None, calib=None, evaluation: dict | None = None) -> "object":
+        """Compile `source` (path, ModelProto, ExportedProgram or Model). Returns an Artifact.
+
+        evaluation -- for mixed precision: {"inputs": {name: array}, "labels": array, "fn": artifact -> float}
+        """
         state = CompileState(source=source, target=self.target, input_shapes=self.input_shapes,
                              qconfig=self.qconfig, calib=calib, records=self.records, out_dir=out_dir)
+        if evaluation:
+            state.quant_info["evaluation"] = evaluation
+        state.quant_info["want_report"] = self.quant_report
         self.state = state  # kept for inspection: plan, ranges, timings
-        for name in STAGES:
+        if self.qconfig is not None and getattr(self.qconfig, "budget", None):
+            from .quantize import mixed
+
+            self.run_stages(state, STAGES[:STAGES.index("annotate")])
+            state = self.state = mixed.search(self, state)
+            self.run_stages(state, ("export",))
+        else:
+            self.run_stages(state, STAGES)
+        return state.artifact
+
+    def run_stages(self, state: CompileState, names):
+        """Run the named stages (with their hooks) on `state`, in pipeline order."""
+        for name in names:
             self._run_hooks("before", name, state)
             start = time.perf_counter()
             _STAGE_FUNCS[name](state)
-            state.timings[name] = time.perf_counter() - start
+            state.timings[name] = state.timings.get(name, 0.0) + time.perf_counter() - start
             self._run_hooks("after", name, state)
-        return state.artifact
 
     def _run_hooks(self, when: str, stage: str, state: CompileState):
         passes = self._hooks.get((when, stage))

@@ -94,15 +94,18 @@ def calibration_module(plan, tensors=None):
     return tvm.IRModule({"main": func}), tensors
 
 
-def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: dict, progress=True) -> dict:
-    """Feed every observed tensor of every calibration batch to its observer; return {var: (lo, hi)}."""
+def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: dict, progress=True):
+    """Feed every observed tensor of every calibration batch to its observer.
+
+    Returns ({var: (lo, hi)} by the method, {var: (min, max)} unclipped); int16 tensors use the latter,
+    since 16 bits resolve the full range and clipping would only add error."""
     import tvm
     from tvm import relax
 
     from ..target import load_target
 
     if not plan.observe:
-        return {}
+        return {}, {}
     mod, tensors = calibration_module(plan)
     host = load_target("auto")
     with host.tvm():
@@ -120,7 +123,10 @@ def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: d
         outs = vm["main"](*args)
         for obs, out in zip(observers, outs):
             obs.update(out.numpy())
-    return {v: tuple(obs.compute_range()) for v, obs in zip(tensors, observers)}
+    ranges = {v: tuple(obs.compute_range()) for v, obs in zip(tensors, observers)}
+    full = {v: (min(float(getattr(obs, "min_val", lo)), 0.0), max(float(getattr(obs, "max_val", hi)), 0.0))
+            for v, obs, (lo, hi) in zip(tensors, observers, ranges.values())}
+    return ranges, full
 
 
 def calibrate(state) -> dict:
@@ -132,6 +138,7 @@ def calibrate(state) -> dict:
     if qconfig.calib_method in ("percentile", "entropy", "mse"):
         params.setdefault("dtype", qconfig.activation_dtype)
         params.setdefault("symmetric", bool(qconfig.symmetric_activations))
-    ranges = run_observers(plan, state.model.inputs, data, n, qconfig.calib_method, params)
+    ranges, full = run_observers(plan, state.model.inputs, data, n, qconfig.calib_method, params)
     state.quant_info["num_calib_samples"] = n
+    state.quant_info["full_ranges"] = full
     return ranges

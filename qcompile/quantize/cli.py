@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .qconfig import CALIB_METHODS, QConfig
+from .qconfig import CALIB_METHODS, QConfig, parse_budget
 
 COMMANDS: list = []  # no subcommands of its own; the options join `compile`
 
@@ -24,16 +24,26 @@ def add_quantize_options(p):
                         "or a regex ('re:matmul_.*'); repeatable")
     g.add_argument("--keep-int16", action="append", default=[], metavar="PATTERN",
                    help="run matching layers in int16 (same pattern forms as --keep-fp32)")
+    g.add_argument("--budget", metavar="METRIC:VALUE",
+                   help="mixed precision: move the most sensitive layers to int16/fp32 until the budget holds, e.g. "
+                        "cosine:0.99 (output cosine vs fp32), agreement:0.995 (argmax agreement), "
+                        "top1_drop:0.005 (needs --eval-labels)")
+    g.add_argument("--fallback", choices=["int16", "fp32"], help="first precision sensitive layers move to (default: int16)")
+    g.add_argument("--eval", metavar="FILE.npz", help="held-out inputs for --budget (default: last quarter of --calib)")
+    g.add_argument("--eval-labels", metavar="FILE.npz", help="labels for --eval (an .npz with one array)")
+    g.add_argument("--report", action="store_true",
+                   help="print a per-layer error table (SNR, cosine, max error vs fp32) and save quant_report.json/.png "
+                        "in the artifact")
 
 
 def qconfig_from_args(args):
-    """(QConfig or None, calibration source) from parsed CLI args."""
+    """(QConfig or None, calibration source, evaluation dict or None) from parsed CLI args."""
     if args.quantize == "none" and not args.qconfig:
-        if args.calib:
+        if args.calib or args.budget:
             from ..errors import ConfigError
 
-            raise ConfigError("--calib given without --quantize int8|int16")
-        return None, None
+            raise ConfigError("--calib/--budget given without --quantize int8|int16")
+        return None, None, None
     qconfig = QConfig.from_cli(
         quantize=None if args.quantize == "none" else args.quantize,
         qconfig_path=args.qconfig,
@@ -44,5 +54,19 @@ def qconfig_from_args(args):
         symmetric_activations=True if args.symmetric else None,
         keep_fp32=args.keep_fp32,
         keep_int16=args.keep_int16,
+        budget=parse_budget(args.budget) if args.budget else None,
+        fallback=args.fallback,
     )
-    return qconfig, args.calib
+    return qconfig, args.calib, _evaluation(args)
+
+
+def _evaluation(args):
+    if not args.eval:
+        return None
+    from ..cli import load_npz
+
+    evaluation = {"inputs": load_npz(args.eval)}
+    if args.eval_labels:
+        labels = load_npz(args.eval_labels)
+        evaluation["labels"] = next(iter(labels.values()))
+    return evaluation

@@ -17,6 +17,8 @@ Example qconfig.yaml::
     keep_fp32: [softmax, "re:.*head.*"]
     keep_int16: []
     mode: integer              # integer | simulate (fake-quant in float, for debugging)
+    budget: {metric: cosine, min: 0.99}   # mixed precision: cosine | agreement (min), top1_drop (max)
+    fallback: int16            # where sensitive layers go first: int16, then fp32
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class QConfig:
     keep_fp32: list = field(default_factory=list)
     keep_int16: list = field(default_factory=list)
     mode: str = "integer"
+    budget: dict | None = None
+    fallback: str = "int16"
     source: str = ""
 
     def __post_init__(self):
@@ -67,6 +71,10 @@ class QConfig:
             raise ConfigError(f"{where}'weight_method' must be max or mse, got {self.weight_method!r}")
         if self.mode not in ("integer", "simulate"):
             raise ConfigError(f"{where}'mode' must be integer or simulate, got {self.mode!r}")
+        if self.fallback not in ("int16", "fp32"):
+            raise ConfigError(f"{where}'fallback' must be int16 or fp32, got {self.fallback!r}")
+        if self.budget is not None:
+            _check_budget(self.budget, where)
         for key in ("num_samples", "batch_size"):
             v = getattr(self, key)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -132,6 +140,32 @@ class QConfig:
             if v is not None and v != []:
                 base[k] = list(base.get(k, [])) + list(v) if isinstance(v, list) else v
         return QConfig(source=qconfig_path or "", **base)
+
+
+BUDGET_METRICS = {"cosine": "min", "agreement": "min", "top1_drop": "max", "score": "min"}
+
+
+def _check_budget(budget, where: str):
+    """budget: {metric: cosine|agreement (with min), top1_drop (with max), score (user eval_fn, with min)}."""
+    if not isinstance(budget, dict) or budget.get("metric") not in BUDGET_METRICS:
+        raise ConfigError(f"{where}'budget' must look like {{metric: cosine, min: 0.99}}; metrics: "
+                          f"{', '.join(f'{m} ({b})' for m, b in BUDGET_METRICS.items())}")
+    bound = BUDGET_METRICS[budget["metric"]]
+    extra = set(budget) - {"metric", bound, "max_trials"}
+    if bound not in budget or extra or not isinstance(budget[bound], (int, float)):
+        raise ConfigError(f"{where}'budget' for metric {budget['metric']} takes '{bound}: NUMBER'"
+                          + (f"; unknown keys {sorted(extra)}" if extra else ""))
+
+
+def parse_budget(text: str) -> dict:
+    """'cosine:0.99', 'agreement:0.995', 'top1_drop:0.005' -> a budget dict."""
+    metric, sep, value = text.partition(":")
+    if not sep or metric not in BUDGET_METRICS:
+        raise ConfigError(f"--budget '{text}': expected METRIC:VALUE with METRIC one of {', '.join(BUDGET_METRICS)}")
+    try:
+        return {"metric": metric, BUDGET_METRICS[metric]: float(value)}
+    except ValueError:
+        raise ConfigError(f"--budget '{text}': '{value}' is not a number") from None
 
 
 def matches(patterns, op_name: str, node_name: str) -> bool:

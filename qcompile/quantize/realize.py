@@ -41,7 +41,7 @@ def realize(state):
     plan = state.quant_info["plan"]
     ranges = state.quant_info["ranges"]
     qconfig = state.quant_info["qconfig"]
-    rz = Realizer(plan, ranges, qconfig)
+    rz = Realizer(plan, ranges, qconfig, state.quant_info.get("full_ranges"))
     func = rz.rebuild(plan.func)
     mod = tvm.IRModule({"main": func}) if len(state.mod.functions) == 1 else _replace_main(state.mod, func)
     state.quant_info["realized"] = rz.realized
@@ -57,11 +57,12 @@ def _replace_main(mod, func):
 class Realizer:
     """Emits the rewritten ``main``; rules call back into it (qin, qparams, requantize...)."""
 
-    def __init__(self, plan, ranges: dict, qconfig):
+    def __init__(self, plan, ranges: dict, qconfig, full_ranges: dict | None = None):
         from tvm import relax
 
         self.plan = plan
         self.ranges = ranges
+        self.full_ranges = full_ranges or {}
         self.qconfig = qconfig
         self.bb = relax.BlockBuilder()
         self.float_map: dict = {}
@@ -143,7 +144,7 @@ class Realizer:
     def qparams(self, var, dtype) -> tuple[float, int]:
         if var not in self.ranges:
             raise KeyError(f"no calibrated range for {var.name}")
-        lo, hi = self.ranges[var]
+        lo, hi = self.full_ranges.get(var, self.ranges[var]) if dtype == "int16" else self.ranges[var]
         return choose_qparams(lo, hi, dtype, bool(self.qconfig.symmetric_activations))
 
     def qin(self, var, dtype: str) -> QTensor:

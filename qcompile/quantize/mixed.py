@@ -1,0 +1,171 @@
+"""Mixed precision driven by accuracy: move the most sensitive layers to int16 (then fp32)
+until an accuracy budget holds, moving as few layers as possible.
+
+1. Build the fp32 model and the all-int8 model; measure the budget metric on held-out
+   samples (the user's eval data, or the last quarter of the calibration data, which is
+   then not used to calibrate).
+2. If int8 misses the budget, rank layers by sensitivity: each layer's own SNR loss
+   (``report.layer_errors``: SNR of its output minus that of its inputs).
+3. Search the shortest prefix of that ranking that meets the budget when moved to the
+   fallback precision (doubling, then bisection), first with int16, then with fp32.
+
+Calibration runs once; every trial reuses the same ranges. This is the loop Intel
+Neural Compressor runs, with a per-layer ranking instead of one trial per layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import numpy as np
+
+from ..errors import CalibrationError
+from .qconfig import BUDGET_METRICS
+
+_TRIAL_STAGES = ("annotate", "calibrate", "realize", "lower", "apply_records", "build", "export")
+
+
+def search(pipe, state):
+    """Run the budget loop from a state after 'preprocess'. Returns the chosen state (not exported)."""
+    from .calibrate import check_calib, load_calib
+
+    qconfig, budget = state.qconfig, state.qconfig.budget
+    metric, bound_key = budget["metric"], BUDGET_METRICS[budget["metric"]]
+    bound = float(budget[bound_key])
+    evaluation = state.quant_info.get("evaluation") or {}
+    data, n = check_calib(load_calib(state.calib), state.model.inputs)
+    eval_inputs = evaluation.get("inputs")
+    if eval_inputs is None:
+        data, eval_inputs = _hold_out(data, n, state.model.inputs[0].shape[0])
+    labels, eval_fn = evaluation.get("labels"), evaluation.get("fn")
+    if metric == "top1_drop" and labels is None:
+        raise CalibrationError("budget metric top1_drop needs labels for the evaluation data")
+    if metric == "score" and eval_fn is None:
+        raise CalibrationError("budget metric 'score' needs an eval_fn(artifact) -> float")
+
+    out_dir = state.out_dir
+    base = copy.copy(state)
+    base.out_dir = None
+    ranges, full = {}, {}
+
+    def trial(overrides: dict, qc=qconfig):
+        st = copy.copy(base)
+        st.qconfig = qc
+        st.calib = data
+        st.quant_info = {"precision_overrides": dict(overrides), "ranges": ranges or None, "full_ranges": full,
+                         "evaluation": evaluation}
+        st.timings, st.notes = dict(base.timings), list(base.notes)
+        pipe.run_stages(st, _TRIAL_STAGES)
+        if qc is not None and not ranges:
+            ranges.update(st.quant_info["ranges"])
+            full.update(st.quant_info["full_ranges"])
+        return st
+
+    fp32 = trial({}, qc=None).artifact
+    reference = fp32.run(eval_inputs)
+
+    def score(art):
+        if metric == "score":
+            return float(eval_fn(art))
+        return _metric(metric, reference, art.run(eval_inputs), labels)
+
+    def passes(value):
+        return value >= bound if bound_key == "min" else value <= bound
+
+    first = trial({})
+    value = score(first.artifact)
+    trials = [{"moved": [], "precision": qconfig.precision, "value": value, "ok": passes(value)}]
+    chosen, ranking = first, []
+    if not passes(value):
+        from .report import layer_errors
+
+        rows = layer_errors(first, eval_inputs, progress=False)
+        ranked = sorted((r for r in rows if _is_compute(first, r["layer"])),
+                        key=lambda r: (-r["snr_drop_db"], r["snr_db"]))
+        ranking = [r["layer"] for r in ranked]
+        chosen = _shortest_prefix(ranking, qconfig, trial, score, passes, trials) or first
+    report = {"metric": metric, bound_key: bound, "fp32_reference": "fp32 outputs on %d held-out samples"
+              % len(next(iter(eval_inputs.values()))), "trials": trials, "ranking": ranking,
+              "moved": chosen.quant_info.get("precision_overrides", {}), "met": any(t["ok"] for t in trials)}
+    _print(report)
+    chosen.out_dir = out_dir
+    if state.quant_info.get("want_report"):
+        from ..pipeline import _layer_report
+
+        chosen.quant_info["evaluation"] = {"inputs": eval_inputs}
+        _layer_report(chosen)
+    chosen.quant_info["mixed"] = report
+    chosen.quant_info.setdefault("summary", {})["mixed_precision"] = report
+    return chosen
+
+
+def _shortest_prefix(ranking, qconfig, trial, score, passes, trials):
+    """Fewest top-ranked layers moved (int16 first, then fp32) that meet the budget."""
+    levels = ["int16", "fp32"] if qconfig.fallback == "int16" and qconfig.precision != "int16" else ["fp32"]
+    cache = {}
+
+    def attempt(k, level):
+        key = (k, level)
+        if key not in cache:
+            moved = {name: level for name in ranking[:k]}
+            st = trial(moved)
+            value = score(st.artifact)
+            trials.append({"moved": ranking[:k], "precision": level, "value": value, "ok": passes(value)})
+            cache[key] = (passes(value), st)
+        return cache[key]
+
+    for level in levels:
+        if not ranking or not attempt(len(ranking), level)[0]:
+            continue
+        lo, k = 0, 1  # lo: known failing count; find the smallest passing k
+        while k < len(ranking) and not attempt(k, level)[0]:
+            lo, k = k, min(2 * k, len(ranking))
+        hi = k
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if attempt(mid, level)[0]:
+                hi = mid
+            else:
+                lo = mid
+        return attempt(hi, level)[1]
+    return None
+
+
+def _hold_out(data: dict, n: int, batch: int):
+    """Split calibration data: the last quarter (whole batches) is held out for evaluation."""
+    k = max(batch, (n // 4) // batch * batch)
+    if n - k < batch:
+        return data, data
+    return {name: a[: n - k] for name, a in data.items()}, {name: a[n - k:] for name, a in data.items()}
+
+
+def _metric(metric: str, ref: dict, got: dict, labels) -> float:
+    names = list(ref)
+    if metric == "cosine":
+        r = np.concatenate([ref[k].reshape(len(ref[k]), -1) for k in names], axis=1).astype(np.float64)
+        g = np.concatenate([got[k].reshape(len(got[k]), -1) for k in names], axis=1).astype(np.float64)
+        denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
+        cos = np.where(denom > 0, (r * g).sum(axis=1) / np.maximum(denom, 1e-30), 1.0)
+        return float(cos.mean())
+    first = names[0]
+    if metric == "agreement":
+        return float((ref[first].argmax(-1) == got[first].argmax(-1)).mean())
+    if metric == "top1_drop":
+        labels = np.asarray(labels)
+        return float((ref[first].argmax(-1) == labels).mean() - (got[first].argmax(-1) == labels).mean())
+    raise ValueError(metric)
+
+
+def _is_compute(state, layer_name: str) -> bool:
+    return state.quant_info["plan"].layer(layer_name).rule.kind == "compute"
+
+
+def _print(report: dict):
+    bound_key = "min" if "min" in report else "max"
+    print(f"mixed precision: {report['metric']} {bound_key} {report[bound_key]}", file=sys.stderr)
+    for t in report["trials"]:
+        moved = ", ".join(t["moved"]) if t["moved"] else "none"
+        print(f"  {'ok  ' if t['ok'] else 'miss'} {t['value']:.6f}  moved to {t['precision']}: {moved}", file=sys.stderr)
+    if not report["met"]:
+        print("  budget not met by any trial; keeping the all-%s model" % report["trials"][0]["precision"], file=sys.stderr)
