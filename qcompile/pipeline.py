@@ -73,11 +73,22 @@ def stage_preprocess(state: CompileState):
 
 
 def stage_annotate(state: CompileState):
-    """Plan which layers get quantized (the rules registry decides)."""
+    """Plan which layers get quantized (the rules registry decides).
+
+    A pre-quantized (QDQ) model is quantized with its own scales even without a qconfig."""
+    from .quantize import qdq
+
+    if state.qconfig is None and qdq.has_qdq(state.mod):
+        from .quantize.qconfig import QConfig
+
+        state.qconfig = QConfig()
+        state.notes.append("pre-quantized (QDQ) model: realized with the model's own scales")
     if state.qconfig is None:
         return
     from .quantize import annotate
 
+    if "fixed_qparams" not in state.quant_info:
+        state.mod, state.quant_info["fixed_qparams"] = qdq.fold_qdq(state.mod)
     qconfig = state.qconfig.resolved(state.target)
     state.quant_info["qconfig"] = qconfig
     state.quant_info["plan"] = annotate.annotate(state.mod, qconfig, state.target,

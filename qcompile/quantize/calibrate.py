@@ -130,9 +130,25 @@ def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: d
 
 
 def calibrate(state) -> dict:
-    """Pipeline stage: ranges for the plan in state.quant_info (needs state.calib)."""
+    """Pipeline stage: ranges for the plan in state.quant_info (needs state.calib).
+
+    Tensors whose scales a pre-quantized model fixed are not observed; with all of them
+    fixed, no calibration data is needed."""
+    import dataclasses
+
     qconfig = state.quant_info["qconfig"]
     plan = state.quant_info["plan"]
+    fixed = state.quant_info.get("fixed_qparams") or {}
+    if fixed:
+        missing = [v for v in plan.observe if v not in fixed]
+        if not missing:
+            state.quant_info["full_ranges"] = {}
+            return {}
+        if state.calib is None:
+            raise CalibrationError(f"the model is pre-quantized but {len(missing)} tensor(s) feeding integer layers have "
+                                   f"no QuantizeLinear/DequantizeLinear (e.g. '{missing[0].name}'); pass --calib "
+                                   "FILE.npz to calibrate them, or --keep-fp32 those layers")
+        plan = dataclasses.replace(plan, observe=missing)
     data, n = check_calib(load_calib(state.calib), state.model.inputs, qconfig.num_samples)
     params = dict(qconfig.calib_params)
     if qconfig.calib_method in ("percentile", "entropy", "mse"):

@@ -41,7 +41,7 @@ def realize(state):
     plan = state.quant_info["plan"]
     ranges = state.quant_info["ranges"]
     qconfig = state.quant_info["qconfig"]
-    rz = Realizer(plan, ranges, qconfig, state.quant_info.get("full_ranges"))
+    rz = Realizer(plan, ranges, qconfig, state.quant_info.get("full_ranges"), state.quant_info.get("fixed_qparams"))
     func = rz.rebuild(plan.func)
     mod = tvm.IRModule({"main": func}) if len(state.mod.functions) == 1 else _replace_main(state.mod, func)
     state.quant_info["realized"] = rz.realized
@@ -57,12 +57,13 @@ def _replace_main(mod, func):
 class Realizer:
     """Emits the rewritten ``main``; rules call back into it (qin, qparams, requantize...)."""
 
-    def __init__(self, plan, ranges: dict, qconfig, full_ranges: dict | None = None):
+    def __init__(self, plan, ranges: dict, qconfig, full_ranges: dict | None = None, fixed: dict | None = None):
         from tvm import relax
 
         self.plan = plan
         self.ranges = ranges
         self.full_ranges = full_ranges or {}
+        self.fixed = fixed or {}
         self.qconfig = qconfig
         self.bb = relax.BlockBuilder()
         self.float_map: dict = {}
@@ -94,6 +95,9 @@ class Realizer:
         if binding.var in self._absorbed:
             return
         if layer is not None and layer.precision != "fp32":
+            if self.qconfig.mode == "simulate":
+                self._simulate(layer)
+                return
             q = layer.rule.realize(layer, self)
             if q is not None:
                 self.int_map[layer.out] = q
@@ -101,6 +105,44 @@ class Realizer:
                 return
         for b in (layer.bindings if layer is not None else [binding]):
             self.float_map[b.var] = self.bb.emit(self._remap(b.value), name_hint=b.var.name)
+
+    # ------------------------------------------------------------------ simulation (fake quant)
+    def _simulate(self, layer):
+        """The layer in float on fake-quantized values: quantize->dequantize on its activation inputs and
+        output, weights replaced by their dequantized codes. For debugging realize against the same grid."""
+        dtype = self.act_dtype(layer)
+        for v in layer.inputs:
+            self.float_map[v] = self._fake_quant(self.float_of(v), v, dtype)
+        for i, b in enumerate(layer.bindings):
+            value = b.value
+            if i == 0 and layer.weight is not None:
+                value = self._with_fake_weight(layer, value)
+            self.float_map[b.var] = self.bb.emit(self._remap(value), name_hint=b.var.name)
+        self.float_map[layer.out] = self._fake_quant(self.float_map[layer.out], layer.out, dtype)
+        self.realized[layer.name] = f"sim-{dtype}"
+
+    def _fake_quant(self, expr, var, dtype):
+        from tvm import relax
+
+        scale, zp = self.qparams(var, dtype)
+        s, z = relax.const(scale, "float32"), relax.const(zp, "int32")
+        q = self.bb.emit(relax.op.quantize(expr, s, z, axis=-1, out_dtype=dtype), name_hint=var.name + "_fq")
+        return self.bb.emit(relax.op.dequantize(q, s, z, axis=-1, out_dtype="float32"), name_hint=var.name + "_fdq")
+
+    def _with_fake_weight(self, layer, call):
+        import tvm
+        from tvm import relax
+
+        from .rules.conv import quantize_weight
+
+        axis = 0 if layer.op == "relax.nn.conv2d" else 1
+        scale, codes = quantize_weight(layer.weight, self.weight_dtype(layer), self.qconfig, axis=axis)
+        shape = [1] * codes.ndim
+        shape[axis] = -1
+        fake = (codes.astype(np.float32) * scale.reshape(shape)).astype(np.float32)
+        args = [relax.const(fake) if isinstance(a, tvm.ir.expr.Constant) and a.value.numpy().shape == fake.shape else a
+                for a in call.args]
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
 
     # ------------------------------------------------------------------ float side
     def _remap(self, e):
@@ -142,6 +184,8 @@ class Realizer:
         return self.int_map.get(var)
 
     def qparams(self, var, dtype) -> tuple[float, int]:
+        if var in self.fixed:
+            return fixed_qparams(self.fixed[var], dtype, bool(self.qconfig.symmetric_activations))
         if var not in self.ranges:
             raise KeyError(f"no calibrated range for {var.name}")
         lo, hi = self.full_ranges.get(var, self.ranges[var]) if dtype == "int16" else self.ranges[var]
@@ -211,6 +255,18 @@ class Realizer:
         centered = self.emit(relax.op.subtract(relax.op.astype(q.expr, "int64"), self.const(q.zp, "int64")), "centered")
         ndim = len(q.expr.ty.shape) if q.expr.ty.shape is not None else 0
         return self.requantize(centered, q.scale, out_scale, out_zp, out_dtype, clip=clip, ndim=max(ndim, 1))
+
+
+def fixed_qparams(fixed, dtype: str, symmetric: bool) -> tuple[float, int]:
+    """A pre-quantized tensor's (scale, zp, dtype) expressed in `dtype`: the same grid when both are
+    8-bit (uint8 zp z is int8 zp z - 128), else the same real range re-quantized."""
+    scale, zp, fdtype = fixed
+    if fdtype == dtype:
+        return scale, zp
+    if {fdtype, dtype} == {"uint8", "int8"}:
+        return scale, zp - 128 if dtype == "int8" else zp + 128
+    qmin, qmax = fixed_point.qrange(fdtype)
+    return choose_qparams((qmin - zp) * scale, (qmax - zp) * scale, dtype, symmetric)
 
 
 def clamp_bounds(scale: float, zp: int, dtype: str, clip=None) -> tuple[int, int]:
