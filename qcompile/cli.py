@@ -157,7 +157,8 @@ def make_pipeline(args, qconfig=None):
     from .pipeline import Pipeline
 
     pipe = Pipeline(target=args.target, qconfig=qconfig, records=args.records, input_shapes=args.input_shape,
-                    quant_report=bool(getattr(args, "report", False)))
+                    quant_report=bool(getattr(args, "report", False)),
+                    export_qdq=bool(getattr(args, "export_qdq", False)))
     passes, ats = getattr(args, "passes", []), getattr(args, "at", [])
     if len(passes) != len(ats):
         raise ConfigError(f"give one --at WHEN:STAGE for each --pass ({len(passes)} --pass, {len(ats)} --at)")

@@ -91,13 +91,27 @@ def stage_annotate(state: CompileState):
         state.mod, state.quant_info["fixed_qparams"] = qdq.fold_qdq(state.mod)
     qconfig = state.qconfig.resolved(state.target)
     state.quant_info["qconfig"] = qconfig
+    if qconfig.is_float:
+        return
     state.quant_info["plan"] = annotate.annotate(state.mod, qconfig, state.target,
-                                                 state.quant_info.get("precision_overrides"))
+                                                 state.quant_info.get("precision_overrides"),
+                                                 _source_names(state.model))
+
+
+def _source_names(model) -> dict:
+    """{relax var name: [ONNX tensor name, ONNX node name]} so keep_* patterns can name source nodes."""
+    tensors = model.meta.get("onnx_names", {})
+    proto = model.meta.get("onnx_proto")
+    producer = {out: node.name for node in proto.graph.node for out in node.output} if proto is not None else {}
+    return {var: [t] + ([producer[t]] if producer.get(t) else []) for var, t in tensors.items()}
 
 
 def stage_calibrate(state: CompileState):
     """Observe the planned tensors on the calibration data (reuses ranges given in quant_info)."""
-    if state.qconfig is None:
+    if state.qconfig is None or state.quant_info["qconfig"].is_float:
+        return
+    if state.quant_info["qconfig"].is_dynamic:
+        state.quant_info["ranges"] = {}
         return
     if state.quant_info.get("ranges") is None:
         from .quantize import calibrate
@@ -110,9 +124,20 @@ def stage_realize(state: CompileState):
     if state.qconfig is None:
         return
     from .quantize import realize
+    from .quantize.float_precision import LowerFloatCompute
 
-    state.mod = realize.realize(state)
-    plan, qconfig = state.quant_info["plan"], state.quant_info["qconfig"]
+    qconfig = state.quant_info["qconfig"]
+    if not qconfig.is_float:
+        state.mod = realize.realize(state)
+    if qconfig.float_dtype != "float32":
+        lower_float = LowerFloatCompute(qconfig.float_dtype)
+        state.mod = _apply([lower_float], state)
+        state.notes.append(f"{lower_float.count} float conv2d/matmul run with {qconfig.float_dtype} operands")
+    if qconfig.is_float:
+        state.quant_info["summary"] = {"qconfig": qconfig.to_json(), "float_dtype": qconfig.float_dtype,
+                                       "float_layers": lower_float.count}
+        return
+    plan = state.quant_info["plan"]
     realized = state.quant_info["realized"]
     state.quant_info["summary"] = {
         "qconfig": qconfig.to_json(),
@@ -122,6 +147,10 @@ def stage_realize(state: CompileState):
     }
     if state.quant_info.get("want_report"):
         _layer_report(state)
+    if state.quant_info.get("want_qdq"):
+        from .quantize.export_onnx import export_qdq
+
+        state.quant_info.setdefault("files", {})["model_qdq.onnx"] = lambda path: export_qdq(state, path)
 
 
 def _layer_report(state: CompileState):
@@ -210,9 +239,10 @@ class Pipeline:
     """The stages plus the user's passes hooked before/after them."""
 
     def __init__(self, target="auto", qconfig=None, records=(), input_shapes=None, progress: bool = True,
-                 quant_report: bool = False):
+                 quant_report: bool = False, export_qdq: bool = False):
         self.target = load_target(target)
         self.quant_report = quant_report
+        self.export_qdq = export_qdq
         self.qconfig = qconfig
         self.records = list(records)
         self.input_shapes = input_shapes
@@ -248,6 +278,7 @@ class Pipeline:
         if evaluation:
             state.quant_info["evaluation"] = evaluation
         state.quant_info["want_report"] = self.quant_report
+        state.quant_info["want_qdq"] = self.export_qdq
         self.state = state  # kept for inspection: plan, ranges, timings
         if self.qconfig is not None and getattr(self.qconfig, "budget", None):
             from .quantize import mixed

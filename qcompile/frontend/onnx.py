@@ -54,7 +54,9 @@ def load_onnx(src, input_shapes: dict | None = None) -> Model:
 
     outputs = output_specs_of(mod, [o.name for o in proto.graph.output], source)
     meta = {"opset": opset, "simplified": simplified, "defaulted_dims": defaulted,
-            "onnx_ops": sorted({n.op_type for n in proto.graph.node}), "onnx": onnx.__version__}
+            "onnx_ops": sorted({n.op_type for n in proto.graph.node}), "onnx": onnx.__version__,
+            # not JSON: used by the QDQ exporter, dropped from metadata.json
+            "onnx_proto": proto, "onnx_names": getattr(mod, "onnx_names", {})}
     return Model(mod=mod, inputs=specs, outputs=outputs, source=source, format="onnx",
                  sha256=digest, meta=meta)
 
@@ -174,12 +176,32 @@ _UNSUPPORTED_HINTS = {
 
 
 def _from_onnx(proto, specs, opset):
-    from tvm.relax.frontend.onnx import from_onnx
+    """TVM's importer, kept as an object so we can read which Relax var each ONNX tensor became."""
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
 
     shape_dict = {s.name: list(s.shape) for s in specs}
     dtype_dict = {s.name: s.dtype for s in specs}
-    return from_onnx(proto, shape_dict=shape_dict, dtype_dict=dtype_dict, opset=opset,
-                     keep_params_in_input=False)
+    importer = ONNXGraphImporter(shape_dict, dtype_dict, keep_params_in_input=False, sanitize=True)
+    mod = importer.from_onnx(proto.graph, opset)
+    mod.onnx_names = _relax_to_onnx_names(importer, mod)
+    return mod
+
+
+def _relax_to_onnx_names(importer, mod) -> dict:
+    """{relax var name: onnx tensor name}: the importer maps each ONNX tensor to an expression, which
+    is either a var or the very call object that normalization bound to a var."""
+    from tvm import relax
+
+    bound = {}
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            bound.setdefault(b.value, b.var)
+    names = {}
+    for onnx_name, expr in importer._nodes.items():
+        var = expr if isinstance(expr, relax.Var) else bound.get(expr)
+        if var is not None:
+            names.setdefault(var.name, onnx_name)
+    return names
 
 
 def _simplify(proto, specs, source, first_error):

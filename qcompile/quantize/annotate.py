@@ -36,6 +36,7 @@ class Layer:
     clip: tuple | None = None   # (lo, hi) float bounds of a fused ReLU/clip
     precision: str = "int8"
     attrs: dict = field(default_factory=dict)
+    aliases: list = field(default_factory=list)  # source names (ONNX tensor / node) for keep_* patterns
 
     @property
     def out(self):
@@ -113,8 +114,11 @@ class QuantPlan:
                 "ops": dict(Counter(layer.op for layer in self.layers))}
 
 
-def annotate(mod, qconfig, target=None, precision_overrides: dict | None = None) -> QuantPlan:
-    """Build the quantization plan for mod["main"]."""
+def annotate(mod, qconfig, target=None, precision_overrides: dict | None = None,
+             source_names: dict | None = None) -> QuantPlan:
+    """Build the quantization plan for mod["main"].
+
+    source_names -- {relax var name: [names in the source model]}: keep_* patterns match these too."""
     func = mod["main"]
     graph = Graph(func)
     taken, layers, counts = set(), [], Counter()
@@ -128,6 +132,7 @@ def annotate(mod, qconfig, target=None, precision_overrides: dict | None = None)
         short = layer.op.rsplit(".", 1)[-1]
         layer.name = f"{short}_{counts[short]}"
         counts[short] += 1
+        layer.aliases = [n for b in layer.bindings for n in (source_names or {}).get(b.var.name, [])]
         layer.precision = _precision(layer, qconfig, precision_overrides or {})
         taken.update(x.var for x in layer.bindings)
         layers.append(layer)
@@ -145,9 +150,12 @@ def _is_call(e) -> bool:
 def _precision(layer, qconfig, overrides: dict) -> str:
     if layer.name in overrides:
         return overrides[layer.name]
-    if matches(qconfig.keep_fp32, layer.op, layer.name):
+    if qconfig.is_dynamic and layer.op != "relax.matmul":
+        return "fp32"  # dynamic quantization covers matmul-heavy models; the rest needs static ranges
+    names = [layer.name] + layer.aliases
+    if any(matches(qconfig.keep_fp32, layer.op, n) for n in names):
         return "fp32"
-    if matches(qconfig.keep_int16, layer.op, layer.name):
+    if any(matches(qconfig.keep_int16, layer.op, n) for n in names):
         return "int16"
     return qconfig.precision
 

@@ -9,8 +9,9 @@ COMMANDS: list = []  # no subcommands of its own; the options join `compile`
 
 def add_quantize_options(p):
     g = p.add_argument_group("quantization")
-    g.add_argument("--quantize", "-q", choices=["int8", "int16", "none"], default="none",
-                   help="quantize to real integer arithmetic (default: none = fp32)")
+    g.add_argument("--quantize", "-q", choices=["int8", "int16", "fp16", "bf16", "none"], default="none",
+                   help="int8/int16: real integer arithmetic; fp16/bf16: narrow float operands with fp32 "
+                        "accumulation (default: none = fp32)")
     g.add_argument("--qconfig", metavar="FILE.yaml", help="quantization config file (see qcompile/quantize/qconfig.py)")
     g.add_argument("--calib", metavar="FILE.npz|DIR",
                    help="calibration data: .npz (keys = input names, first axis = samples) or a folder of them")
@@ -29,8 +30,13 @@ def add_quantize_options(p):
                         "cosine:0.99 (output cosine vs fp32), agreement:0.995 (argmax agreement), "
                         "top1_drop:0.005 (needs --eval-labels)")
     g.add_argument("--fallback", choices=["int16", "fp32"], help="first precision sensitive layers move to (default: int16)")
+    g.add_argument("--float-dtype", choices=["float32", "float16", "bfloat16"],
+                   help="compute type of the layers left in float (default: float32)")
     g.add_argument("--eval", metavar="FILE.npz", help="held-out inputs for --budget (default: last quarter of --calib)")
     g.add_argument("--eval-labels", metavar="FILE.npz", help="labels for --eval (an .npz with one array)")
+    g.add_argument("--export-qdq", action="store_true",
+                   help="also write model_qdq.onnx into the artifact: the quantized model as ONNX QDQ, "
+                        "to check in ONNX Runtime (ONNX sources, opset >= 13)")
     g.add_argument("--report", action="store_true",
                    help="print a per-layer error table (SNR, cosine, max error vs fp32) and save quant_report.json/.png "
                         "in the artifact")
@@ -38,6 +44,8 @@ def add_quantize_options(p):
 
 def qconfig_from_args(args):
     """(QConfig or None, calibration source, evaluation dict or None) from parsed CLI args."""
+    if args.quantize in ("fp16", "bf16"):
+        return QConfig.from_cli(quantize=args.quantize, qconfig_path=args.qconfig), None, None
     if args.quantize == "none" and not args.qconfig:
         if args.calib or args.budget:
             from ..errors import ConfigError
@@ -56,6 +64,7 @@ def qconfig_from_args(args):
         keep_int16=args.keep_int16,
         budget=parse_budget(args.budget) if args.budget else None,
         fallback=args.fallback,
+        float_dtype=args.float_dtype,
     )
     return qconfig, args.calib, _evaluation(args)
 

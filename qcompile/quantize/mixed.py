@@ -54,7 +54,7 @@ def search(pipe, state):
         st.qconfig = qc
         st.calib = data
         st.quant_info = {"precision_overrides": dict(overrides), "ranges": ranges or None, "full_ranges": full,
-                         "evaluation": evaluation}
+                         "evaluation": evaluation, "want_qdq": state.quant_info.get("want_qdq")}
         st.timings, st.notes = dict(base.timings), list(base.notes)
         pipe.run_stages(st, _TRIAL_STAGES)
         if qc is not None and not ranges:

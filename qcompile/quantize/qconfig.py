@@ -9,7 +9,7 @@ Example qconfig.yaml::
     weight_dtype: int8         # int8 | int16
     per_channel: true
     symmetric_activations: false
-    calib_method: mse          # minmax | moving_average | percentile | entropy | mse
+    calib_method: mse          # minmax | moving_average | percentile | entropy | mse | dynamic
     calib_params: {percentile: 99.99}
     weight_method: max         # max | mse
     num_samples: 200
@@ -19,6 +19,8 @@ Example qconfig.yaml::
     mode: integer              # integer | simulate (fake-quant in float, for debugging)
     budget: {metric: cosine, min: 0.99}   # mixed precision: cosine | agreement (min), top1_drop (max)
     fallback: int16            # where sensitive layers go first: int16, then fp32
+    float_dtype: float32       # compute of layers left in float: float32 | float16 | bfloat16
+    power_of_two_scales: null  # scales rounded up to 2^k (shift-only requantize); default: the target's
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import yaml
 
 from ..errors import ConfigError
 
-CALIB_METHODS = ("minmax", "moving_average", "percentile", "entropy", "mse")
-PRECISIONS = ("int8", "int16")
+CALIB_METHODS = ("minmax", "moving_average", "percentile", "entropy", "mse", "dynamic")
+PRECISIONS = ("int8", "int16", "fp16", "bf16")
 
 
 @dataclass
@@ -52,6 +54,8 @@ class QConfig:
     mode: str = "integer"
     budget: dict | None = None
     fallback: str = "int16"
+    float_dtype: str = "float32"
+    power_of_two_scales: bool | None = None
     source: str = ""
 
     def __post_init__(self):
@@ -71,6 +75,8 @@ class QConfig:
             raise ConfigError(f"{where}'weight_method' must be max or mse, got {self.weight_method!r}")
         if self.mode not in ("integer", "simulate"):
             raise ConfigError(f"{where}'mode' must be integer or simulate, got {self.mode!r}")
+        if self.float_dtype not in ("float32", "float16", "bfloat16"):
+            raise ConfigError(f"{where}'float_dtype' must be float32, float16 or bfloat16, got {self.float_dtype!r}")
         if self.fallback not in ("int16", "fp32"):
             raise ConfigError(f"{where}'fallback' must be int16 or fp32, got {self.fallback!r}")
         if self.budget is not None:
@@ -88,10 +94,22 @@ class QConfig:
                         raise ConfigError(f"{where}'{key}' pattern {pat!r} is not a valid regex: {err}") from None
 
     # --------------------------------------------------------------- resolution against a target
+    @property
+    def is_dynamic(self) -> bool:
+        """Activation scales computed at run time per batch (matmul layers only, like ORT's quantize_dynamic)."""
+        return self.calib_method == "dynamic"
+
+    @property
+    def is_float(self) -> bool:
+        """fp16 / bf16: no integer layers, only narrower float compute."""
+        return self.precision in ("fp16", "bf16")
+
     def resolved(self, target) -> "QConfig":
         """A copy with every None filled from the target's quant spec and the precision."""
         q = target.quant
         c = dataclasses.replace(self)
+        if self.is_float:
+            c.float_dtype = {"fp16": "float16", "bf16": "bfloat16"}[self.precision]
         if self.precision == "int16":
             c.activation_dtype = c.activation_dtype or "int16"
             c.weight_dtype = c.weight_dtype or "int16"
@@ -99,6 +117,7 @@ class QConfig:
         c.weight_dtype = c.weight_dtype or q.weight_dtype
         c.per_channel = q.per_channel_weights if c.per_channel is None else c.per_channel
         c.symmetric_activations = q.symmetric_activations if c.symmetric_activations is None else c.symmetric_activations
+        c.power_of_two_scales = q.power_of_two_scales if c.power_of_two_scales is None else c.power_of_two_scales
         return c
 
     def to_json(self) -> dict:

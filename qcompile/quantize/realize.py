@@ -99,9 +99,13 @@ class Realizer:
                 self._simulate(layer)
                 return
             q = layer.rule.realize(layer, self)
-            if q is not None:
+            if isinstance(q, QTensor):
                 self.int_map[layer.out] = q
                 self.realized[layer.name] = q.dtype
+                return
+            if q is not None:  # an integer kernel with a float result (dynamic quantization)
+                self.float_map[layer.out] = q
+                self.realized[layer.name] = "dynamic-int8"
                 return
         for b in (layer.bindings if layer is not None else [binding]):
             self.float_map[b.var] = self.bb.emit(self._remap(b.value), name_hint=b.var.name)
@@ -179,6 +183,18 @@ class Realizer:
     def weight_dtype(self, layer) -> str:
         return "int16" if layer.precision == "int16" else self.qconfig.weight_dtype
 
+    def dynamic_quantize(self, var):
+        """Quantize a float tensor to symmetric int8 with a scale computed at run time from max|x|.
+        Returns (codes, scale expr)."""
+        from tvm import relax
+
+        x = self.float_of(var)
+        amax = self.emit(relax.op.max(relax.op.abs(x)), "amax")
+        scale = self.emit(relax.op.divide(relax.op.maximum(amax, relax.const(1e-12, "float32")),
+                                          relax.const(127.0, "float32")), "dyn_scale")
+        codes = self.emit(relax.op.quantize(x, scale, relax.const(0, "int32"), axis=-1, out_dtype="int8"), "dyn_q")
+        return codes, scale
+
     def integer(self, var):
         """The QTensor of an original var if it already lives in the integer domain."""
         return self.int_map.get(var)
@@ -189,7 +205,8 @@ class Realizer:
         if var not in self.ranges:
             raise KeyError(f"no calibrated range for {var.name}")
         lo, hi = self.full_ranges.get(var, self.ranges[var]) if dtype == "int16" else self.ranges[var]
-        return choose_qparams(lo, hi, dtype, bool(self.qconfig.symmetric_activations))
+        scale, zp = choose_qparams(lo, hi, dtype, bool(self.qconfig.symmetric_activations))
+        return power_of_two(scale, zp, dtype) if self.qconfig.power_of_two_scales else (scale, zp)
 
     def qin(self, var, dtype: str) -> QTensor:
         """`var` as integer codes of `dtype`: reuse its QTensor, else quantize its float value."""
@@ -255,6 +272,14 @@ class Realizer:
         centered = self.emit(relax.op.subtract(relax.op.astype(q.expr, "int64"), self.const(q.zp, "int64")), "centered")
         ndim = len(q.expr.ty.shape) if q.expr.ty.shape is not None else 0
         return self.requantize(centered, q.scale, out_scale, out_zp, out_dtype, clip=clip, ndim=max(ndim, 1))
+
+
+def power_of_two(scale: float, zp: int, dtype: str) -> tuple[float, int]:
+    """Round a scale up to 2^k (the range only grows) and move the zero point to match, so every
+    requantize multiplier of a layer becomes an exact power of two: a shift-only requantize."""
+    new = float(2.0 ** np.ceil(np.log2(scale)))
+    qmin, qmax = fixed_point.qrange(dtype)
+    return new, int(np.clip(np.rint(zp * scale / new), qmin, qmax)) if zp else 0
 
 
 def fixed_qparams(fixed, dtype: str, symmetric: bool) -> tuple[float, int]:

@@ -238,3 +238,26 @@ def test_bad_calibration_data(calib, needle):
     with pytest.raises(CalibrationError) as err:
         qcompile.compile(zoo.DIGITS_MODEL, qconfig=QConfig(), calib=calib)
     assert needle in str(err.value)
+
+
+def test_keep_fp32_by_onnx_node_name():
+    _, art = realized_module(zoo.DIGITS_MODEL, keep_fp32=["/depthwise/Conv", "re:.*pointwise.*"])
+    layers = art.metadata["quantization"]["layers"]
+    assert layers["conv2d_2"] == "fp32" and layers["conv2d_3"] == "fp32" and layers["conv2d_0"] == "int8"
+
+
+def test_power_of_two_scales_make_shift_only_requantize():
+    from qcompile.quantize.realize import Realizer
+
+    pipe = qcompile.Pipeline(qconfig=QConfig(power_of_two_scales=True, symmetric_activations=True))
+    art = pipe.run(zoo.DIGITS_MODEL, calib=zoo.digits_calib())
+    st = pipe.state
+    rz = Realizer(st.quant_info["plan"], st.quant_info["ranges"], st.quant_info["qconfig"])
+    scales = [rz.qparams(v, "int8")[0] for v in st.quant_info["ranges"]]
+    assert all(np.log2(s) == np.round(np.log2(s)) for s in scales)
+    w_scale, _ = quantize_weight(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "int8",
+                                 st.quant_info["qconfig"], axis=0)
+    mult, _ = fixed_point.quantize_multiplier(scales[0] * w_scale.astype(np.float64) / scales[1])
+    assert (np.asarray(mult) == 2**30).all()  # M = 2^k exactly: the multiply is a pure shift
+    inputs, labels = zoo.digits_test()
+    assert (art.run(inputs)["logits"].argmax(1) == labels).mean() >= 0.97

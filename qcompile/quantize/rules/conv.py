@@ -72,6 +72,8 @@ def quantize_weight(w: np.ndarray, dtype: str, qconfig, axis: int):
     per_channel_axis = axis if qconfig.per_channel else None
     scale, _ = weight_qparams(w, axis=per_channel_axis, dtype=dtype, method=qconfig.weight_method, symmetric=True)
     scale = np.broadcast_to(np.asarray(scale, np.float32), (w.shape[axis],)).copy()
+    if getattr(qconfig, "power_of_two_scales", False):
+        scale = (2.0 ** np.ceil(np.log2(scale))).astype(np.float32)
     q = quantize_ref(w, scale, 0, dtype, axis=axis, narrow_range=True)
     return scale, q
 

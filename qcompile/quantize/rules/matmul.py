@@ -39,10 +39,33 @@ class MatmulRule(Rule):
         return None
 
     def realize(self, layer, rz):
-        from ..realize import QTensor
+        if rz.qconfig.is_dynamic:
+            return self._dynamic(layer, rz)
+        return self._dense(layer, rz) if layer.weight is not None else self._batched(layer, rz)
 
-        out = self._dense(layer, rz) if layer.weight is not None else self._batched(layer, rz)
-        return out if out is None or isinstance(out, QTensor) else None
+    def _dynamic(self, layer, rz):
+        """int8 x int8 -> int32 with run-time activation scales; the result is float:
+        y = float(acc) * (s_x * s_w[n]) + bias, then the fused ReLU/clip in float."""
+        import numpy as np
+        from tvm import relax
+
+        if layer.weight is not None:
+            x_q, sx = rz.dynamic_quantize(layer.inputs[0])
+            w_scale, w_q = quantize_weight(layer.weight, "int8", rz.qconfig, axis=1)
+            acc = rz.emit(relax.op.matmul(x_q, rz.const(w_q, "int8"), out_dtype="int32"), "dyn_dense")
+            scale = rz.emit(relax.op.multiply(sx, rz.const(w_scale.astype(np.float32), "float32")), "acc_scale")
+        else:
+            (a_q, sa), (b_q, sb) = (rz.dynamic_quantize(v) for v in layer.inputs)
+            acc = rz.emit(relax.op.matmul(a_q, b_q, out_dtype="int32"), "dyn_bmm")
+            scale = rz.emit(relax.op.multiply(sa, sb), "acc_scale")
+        y = rz.emit(relax.op.multiply(relax.op.astype(acc, "float32"), scale), "dequant")
+        if layer.bias is not None:
+            y = rz.emit(relax.op.add(y, rz.const(layer.bias.astype(np.float32), "float32")), "biased")
+        if layer.clip is not None:
+            lo, hi = layer.clip
+            y = rz.emit(relax.op.clip(y, relax.prim_value(float(lo) if lo is not None else -3.4e38),
+                                      relax.prim_value(float(hi) if hi is not None else 3.4e38)), "act")
+        return y
 
     def _dense(self, layer, rz):
         from tvm import relax
