@@ -119,9 +119,25 @@ def package_dir(package: str) -> str | None:
 
 
 def package_file(package: str, pattern: str) -> str | None:
-    """First file matching glob `pattern` (recursive) inside an installed package, or None."""
-    root = package_dir(package)
-    if root is None:
+    """First file matching glob `pattern` inside an installed package (an import name, or a
+    distribution name for wheels whose folder is not importable), or None."""
+    root = package_dir(package) if package.isidentifier() else None
+    if root is not None:
+        hits = sorted(glob.glob(os.path.join(root, "**", pattern), recursive=True))
+        if hits:
+            return hits[0]
+    return _distribution_file(package, pattern)
+
+
+def _distribution_file(dist_name: str, pattern: str) -> str | None:
+    import fnmatch
+    import importlib.metadata as md
+
+    try:
+        dist = md.distribution(dist_name)
+    except md.PackageNotFoundError:
         return None
-    hits = sorted(glob.glob(os.path.join(root, "**", pattern), recursive=True))
-    return hits[0] if hits else None
+    for f in sorted(dist.files or [], key=str):
+        if fnmatch.fnmatch(os.path.basename(str(f)), pattern):
+            return str(dist.locate_file(f))
+    return None

@@ -101,6 +101,17 @@ class QuantPlan:
     layers: list
     observe: list              # vars (float tensors) calibration must observe
     func: object
+    mod: object = None         # the module main belongs to (its other functions are kept)
+
+    def with_main(self, func):
+        """A copy of the module with `func` as main (helper functions main calls stay)."""
+        import tvm
+
+        if self.mod is None:
+            return tvm.IRModule({"main": func})
+        mod = self.mod.clone() if hasattr(self.mod, "clone") else tvm.IRModule(dict(self.mod.functions))
+        mod["main"] = func
+        return mod
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
@@ -137,7 +148,7 @@ def annotate(mod, qconfig, target=None, precision_overrides: dict | None = None,
         taken.update(x.var for x in layer.bindings)
         layers.append(layer)
     observe = _observed(layers, graph)
-    return QuantPlan(layers=layers, observe=observe, func=func)
+    return QuantPlan(layers=layers, observe=observe, func=func, mod=mod)
 
 
 def _is_call(e) -> bool:

@@ -88,10 +88,10 @@ def calibration_module(plan, tensors=None):
     from .realize import Realizer
 
     tensors = list(plan.observe if tensors is None else tensors)
-    float_plan = QuantPlan(layers=[], observe=[], func=plan.func)
+    float_plan = QuantPlan(layers=[], observe=[], func=plan.func, mod=plan.mod)
     rz = Realizer(float_plan, {}, None)
     func = rz.rebuild(plan.func, outputs=lambda r: relax.Tuple([r.float_of(v) for v in tensors]))
-    return tvm.IRModule({"main": func}), tensors
+    return plan.with_main(func), tensors
 
 
 def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: dict, progress=True):

@@ -47,7 +47,7 @@ class _QDQFolder(Realizer):
     """Rebuild main without the QDQ pairs (reusing the realizer's float rebuilding)."""
 
     def __init__(self, func, pairs: dict):
-        super().__init__(QuantPlan(layers=[], observe=[], func=func), {}, None)
+        super().__init__(QuantPlan(layers=[], observe=[], func=func, mod=None), {}, None)
         self.pairs = pairs
         self.skip = {p[4] for p in pairs.values()}
 

@@ -43,14 +43,8 @@ def realize(state):
     qconfig = state.quant_info["qconfig"]
     rz = Realizer(plan, ranges, qconfig, state.quant_info.get("full_ranges"), state.quant_info.get("fixed_qparams"))
     func = rz.rebuild(plan.func)
-    mod = tvm.IRModule({"main": func}) if len(state.mod.functions) == 1 else _replace_main(state.mod, func)
+    mod = plan.with_main(func)
     state.quant_info["realized"] = rz.realized
-    return mod
-
-
-def _replace_main(mod, func):
-    mod = mod.clone() if hasattr(mod, "clone") else mod
-    mod["main"] = func
     return mod
 
 

@@ -68,7 +68,7 @@ def layer_errors(state, samples: dict, max_samples: int = 64, progress: bool = T
         exposed.layers = shown
         return relax.Tuple([r.float_of(layer.out) for layer in shown])
 
-    qmod = tvm.IRModule({"main": rz.rebuild(plan.func, outputs=exposed)})
+    qmod = plan.with_main(rz.rebuild(plan.func, outputs=exposed))
     shown = exposed.layers
     fmod, _ = calibration_module(plan, [layer.out for layer in shown])
     fvm, qvm = _compile_host(fmod), _compile_host(qmod)

@@ -104,7 +104,7 @@ class Artifact:
         """
         arrays = self.check_inputs(inputs)
         chunks = _num_chunks(self.inputs, arrays)
-        results = [self._run_once([a[i * s.shape[0]:(i + 1) * s.shape[0]] if chunks > 1 else a
+        results = [self._run_once([a[i * s.shape[0]:(i + 1) * s.shape[0]] if chunks > 1 and s.shape else a
                                    for a, s in zip(arrays, self.inputs)]) for i in range(chunks)]
         return {o.name: np.concatenate([r[k] for r in results], axis=0) if chunks > 1 else results[0][k]
                 for k, o in enumerate(self.outputs)}
@@ -112,7 +112,8 @@ class Artifact:
     def _run_once(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         import tvm
 
-        out = self.vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays])
+        # np.require keeps 0-d (scalar) inputs 0-d; ascontiguousarray would make them 1-d
+        out = self.vm["main"](*[tvm.runtime.tensor(np.require(a, requirements="C")) for a in arrays])
         return [o.numpy() for o in _flatten(out)]
 
     def check_inputs(self, inputs) -> list[np.ndarray]:
@@ -156,10 +157,10 @@ def _is_batch_multiple(shape, spec_shape) -> bool:
 
 
 def _num_chunks(specs, arrays) -> int:
-    counts = {a.shape[0] // s.shape[0] if a.shape != s.shape else 1 for s, a in zip(specs, arrays)}
+    counts = {a.shape[0] // s.shape[0] if a.shape != s.shape else 1 for s, a in zip(specs, arrays) if s.shape}
     if len(counts) > 1:
         raise InputError(f"inputs hold different numbers of batches ({sorted(counts)}); give every input the same count")
-    return counts.pop()
+    return counts.pop() if counts else 1
 
 
 def _flatten(out):
