@@ -1,6 +1,6 @@
 """The compile pipeline: a short, explicit list of named stages.
 
-    import -> preprocess -> annotate -> calibrate -> realize -> lower -> apply_records -> build -> export
+    import -> preprocess -> annotate -> calibrate -> realize -> offload -> lower -> apply_records -> build -> export
 
 Each stage is a plain function of the CompileState. Stages that transform the IR
 run ordinary TVM passes, so a user can put their own Relax pass (a
@@ -11,7 +11,8 @@ callable IRModule -> IRModule) before or after any stage::
     pipe.add_pass(MyPass(), after="preprocess")
     artifact = pipe.run("model.onnx", out_dir="out")
 
-The annotate/calibrate/realize stages run only when a quantization config is given.
+The annotate/calibrate/realize stages run only when a quantization config is given;
+offload only when the target describes an accelerator (qcompile/accel).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from .errors import BuildError, ConfigError
 from .model import Model
 from .target import TargetSpec, load_target
 
-STAGES = ("import", "preprocess", "annotate", "calibrate", "realize", "lower", "apply_records", "build", "export")
+STAGES = ("import", "preprocess", "annotate", "calibrate", "realize", "offload", "lower", "apply_records", "build",
+          "export")
 
 
 @dataclass
@@ -169,6 +171,13 @@ def _layer_report(state: CompileState):
     })
 
 
+def stage_offload(state: CompileState):
+    """Move the integer conv/dense layers the target's accelerator can run into call_dps_packed calls."""
+    from .accel import offload_stage
+
+    offload_stage(state)
+
+
 def lower_passes(target):
     """Legalize Relax ops to TIR and fuse them (TVM's CPU legalize passes)."""
     from tvm.relax.backend.cpu_generic.pipeline import legalize_passes, library_dispatch_passes
@@ -217,7 +226,7 @@ def stage_export(state: CompileState):
 
 _STAGE_FUNCS = {
     "import": stage_import, "preprocess": stage_preprocess, "annotate": stage_annotate,
-    "calibrate": stage_calibrate, "realize": stage_realize, "lower": stage_lower,
+    "calibrate": stage_calibrate, "realize": stage_realize, "offload": stage_offload, "lower": stage_lower,
     "apply_records": stage_apply_records, "build": stage_build, "export": stage_export,
 }
 

@@ -71,6 +71,7 @@ class TargetSpec:
     quant: QuantSpec = field(default_factory=QuantSpec)
     tuning: TuningSpec = field(default_factory=TuningSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
+    accelerator: dict | None = None
     source: str = ""
 
     def tvm(self):
@@ -214,6 +215,10 @@ def _check_values(spec: TargetSpec, path: str):
         raise TargetError(f"{path}: 'quant.accumulate_dtype' must be int32 or int64, got {q.accumulate_dtype!r}")
     if q.conv_layout not in ("NCHW", "NHWC"):
         raise TargetError(f"{path}: 'quant.conv_layout' must be NCHW or NHWC, got {q.conv_layout!r}")
+    if spec.accelerator is not None:
+        from .accel.config import AccelConfig
+
+        AccelConfig.from_dict(spec.accelerator, path)
 
 
 def _check_tvm_target(spec: TargetSpec, path: str):

@@ -82,5 +82,5 @@ def test_cli_pass_hook(tmp_path):
 
 
 def test_stages_are_listed_in_order():
-    assert qcompile.STAGES == ("import", "preprocess", "annotate", "calibrate", "realize", "lower",
+    assert qcompile.STAGES == ("import", "preprocess", "annotate", "calibrate", "realize", "offload", "lower",
                                "apply_records", "build", "export")

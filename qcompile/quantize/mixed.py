@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import CalibrationError
 from .qconfig import BUDGET_METRICS
 
-_TRIAL_STAGES = ("annotate", "calibrate", "realize", "lower", "apply_records", "build", "export")
+_TRIAL_STAGES = ("annotate", "calibrate", "realize", "offload", "lower", "apply_records", "build", "export")
 
 
 def search(pipe, state):

@@ -93,6 +93,8 @@ class Artifact:
             from tvm import relax
 
             self.check_runs_here()
+            if self.metadata.get("accelerator"):
+                import qcompile.accel.runtime  # noqa: F401  registers "qcompile.accel.run" for offloaded layers
             lib = self._executable if self._executable is not None else tvm.runtime.load_module(self.library_path)
             self._vm = relax.VirtualMachine(lib, tvm.cpu())
         return self._vm
@@ -199,6 +201,7 @@ def _metadata(state) -> dict:
         "outputs": [t.to_json() for t in model.outputs],
         "target": state.target.to_json(),
         "quantization": state.quant_info.get("summary") if state.qconfig is not None else None,
+        "accelerator": state.quant_info.get("accelerator"),
         "compile_seconds": {k: round(v, 3) for k, v in state.timings.items()},
         "notes": list(state.notes),
         "versions": _versions(),
