@@ -100,7 +100,7 @@ def _add_compile(sub):
                    help="a user Relax pass to insert, e.g. mypasses:CountOps (repeatable; pair each with --at)")
     p.add_argument("--at", action="append", default=[], metavar="WHEN:STAGE",
                    help="where to insert the matching --pass: after:preprocess, before:lower, ... "
-                        "(stages: import preprocess annotate calibrate realize lower apply_records build export)")
+                        "(stages: import preprocess annotate calibrate realize offload lower apply_records build export)")
     try:
         from .quantize.cli import add_quantize_options
     except ModuleNotFoundError:
@@ -268,14 +268,23 @@ def add_bench_options(p):
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default: 10)")
     p.add_argument("--repeat", type=int, default=100, help="timed runs (default: 100)")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    p.add_argument("--csv", metavar="FILE", help="write the result as CSV (one row per board; see 'qcompile report')")
 
 
 def _add_bench(sub):
-    p = sub.add_parser("bench", help="measure an artifact's latency",
-                       description="Measure the latency of one inference: median, p90, p99, mean and std in ms.",
-                       epilog="JSON keys (stable): median_ms p90_ms p99_ms mean_ms std_ms min_ms repeat warmup threads target")
+    p = sub.add_parser("bench", help="measure an artifact's latency, here or on remote boards (TVM RPC)",
+                       description="Measure the latency of one inference: median, p90, p99, mean and std in ms. "
+                                   "With --rpc-tracker/--rpc the artifact runs on remote boards instead.",
+                       epilog="JSON keys (stable): median_ms p90_ms p99_ms mean_ms std_ms min_ms repeat warmup threads target; "
+                              "remote runs add rpc_key board (and, for --boards N > 1, list results under 'boards')")
     p.add_argument("artifact", metavar="OUT_DIR")
     add_bench_options(p)
+    try:
+        from .runtime.rpc_cli import add_remote_bench_options
+    except ModuleNotFoundError:
+        pass
+    else:
+        add_remote_bench_options(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -287,10 +296,28 @@ def cmd_bench(args):
     inputs = None
     if args.inputs:
         inputs = {k: v[: s.shape[0]] for (k, v), s in zip(load_npz(args.inputs).items(), art.inputs)}
+    if hasattr(args, "rpc_tracker"):
+        from .runtime.rpc_cli import check_local_bench_args, cmd_remote_bench, is_remote
+
+        if is_remote(args):
+            return cmd_remote_bench(args, art, inputs, write_json_atomic)
+        check_local_bench_args(args)
     result = benchmark(art, inputs, threads=args.threads, warmup=args.warmup, repeat=args.repeat, progress=True)
     print(format_bench(result))
+    if art.metadata.get("accelerator"):
+        from .accel.report import bench_fields, format_latency, simulated_latency
+
+        extra = bench_fields(art.metadata)
+        if extra:
+            print(format_latency(simulated_latency(extra["accelerator"])))
+            result.update(extra)  # simulated_ms, simulated_cycles, accelerator; the stable keys are unchanged
     if args.json:
         write_json_atomic(args.json, result)
+    if getattr(args, "csv", None):
+        from .report import result_rows, write_csv_atomic
+        from .runtime.rpc import model_name, precision_of
+
+        write_csv_atomic(args.csv, result_rows(result, defaults={"model": model_name(art), "precision": precision_of(art)}))
     return 0
 
 

@@ -47,3 +47,31 @@ class ArtifactError(QCompileError):
 
 class BuildError(QCompileError):
     """TVM failed to lower or build the module."""
+
+
+class RemoteError(QCompileError):
+    """A remote board, or the TVM RPC tracker/server in front of it, failed; the message names which."""
+
+
+class TrackerUnreachableError(RemoteError):
+    """No TVM RPC tracker (or RPC server) answers at the given HOST:PORT."""
+
+
+class NoBoardError(RemoteError):
+    """No board with the requested key became free within the timeout."""
+
+
+class BoardLostError(RemoteError):
+    """A board dropped the connection mid-run (it died or was stopped); another board may take over."""
+
+
+class RemoteLoadError(RemoteError):
+    """The board could not load the artifact's library."""
+
+
+class SessionTimeoutError(RemoteError):
+    """The RPC session expired (or stopped answering) before the run finished."""
+
+
+class TargetMismatchError(RemoteError):
+    """The artifact was compiled for a different architecture or CPU than the board has."""
