@@ -3,5 +3,6 @@
 # Extra arguments go to pytest, e.g. ./run_tests.sh -m slow   or   ./run_tests.sh -m "slow or not slow"
 set -euo pipefail
 cd "$(dirname "$0")"
+scripts/system_packages.sh
 scripts/venv.sh test,torch,tflite
 exec .venv/bin/python -m pytest -ra "$@"
