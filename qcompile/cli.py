@@ -57,7 +57,8 @@ def _extra_commands():
     import importlib
 
     out = []
-    for mod_name in ("qcompile.quantize.cli", "qcompile.tune.cli", "qcompile.runtime.rpc_cli", "qcompile.report_cli"):
+    for mod_name in ("qcompile.quantize.cli", "qcompile.tune.cli", "qcompile.runtime.rpc_cli", "qcompile.report_cli",
+                     "qcompile.runtime.board_cli"):
         try:
             mod = importlib.import_module(mod_name)
         except ModuleNotFoundError as err:

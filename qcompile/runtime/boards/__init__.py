@@ -1,0 +1,30 @@
+"""Boards: target hardware reachable over TVM RPC, built or started by qcompile.
+
+A real board (Raspberry Pi, Graviton) runs ``python -m tvm.exec.rpc_server --tracker HOST:PORT
+--key KEY`` itself; qcompile then only talks to the tracker. The boards here are the ones
+qcompile can *make* on an x86 machine, so CI can exercise the cross-compile -> upload ->
+run path without hardware:
+
+    qemu-aarch64  an arm64 Debian root + TVM's aarch64 wheels, run under qemu-user
+                  (``qcompile board qemu-aarch64 --dir DIR``; see qemu_aarch64.py)
+
+Timings measured on an emulated board are not performance numbers: qemu-user translates
+every instruction, so it is tens of times slower than real hardware and its relative costs
+differ too. Emulated boards register with keys that say so (``aarch64-qemu``).
+"""
+
+from .qemu_aarch64 import DEFAULT_KEY as QEMU_AARCH64_KEY
+from .qemu_aarch64 import QemuAarch64Board
+
+BOARDS = {"qemu-aarch64": QemuAarch64Board}
+
+# RPC keys of emulated boards: latency measured through them is not real-hardware latency.
+EMULATED_KEYS = (QEMU_AARCH64_KEY,)
+
+
+def is_emulated_key(key: str) -> bool:
+    """True for a tracker key served by an emulated board (its timings are not performance)."""
+    return key in EMULATED_KEYS or key.endswith("-qemu")
+
+
+__all__ = ["BOARDS", "QemuAarch64Board", "EMULATED_KEYS", "is_emulated_key"]
