@@ -274,7 +274,6 @@ def test_committed_x86_64_schedules_apply_to_the_digits_model(tmp_path):
     assert np.abs(ours - ort_run(zoo.DIGITS_MODEL, inputs)).max() <= 1e-4
 
 
-@pytest.mark.slow
 def test_cli_builder_timeout_fails_every_task_in_a_real_subprocess(tuned, conv_path, tmp_path):
     """The whole command, with a target whose builder timeout no build can meet."""
     folder = copy_records(tuned[0], tmp_path)
