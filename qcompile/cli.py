@@ -2,7 +2,7 @@
 
     qcompile compile MODEL [--target NAME|FILE.yaml] [--input-shape NAME:DIMS ...] -o OUT_DIR
     qcompile run OUT_DIR --inputs IN.npz --output OUT.npz
-    qcompile bench OUT_DIR [--inputs IN.npz] [--threads N] [--warmup W] [--repeat R] [--json FILE]
+    qcompile bench OUT_DIR [--inputs IN.npz] [--threads N] [--warmup W] [--repeat R] [--json FILE] [--profile]
     qcompile info MODEL_OR_OUT_DIR
     qcompile targets
 
@@ -280,6 +280,9 @@ def _add_bench(sub):
                               "remote runs add rpc_key board (and, for --boards N > 1, list results under 'boards')")
     p.add_argument("artifact", metavar="OUT_DIR")
     add_bench_options(p)
+    p.add_argument("--profile", action="store_true",
+                   help="also print the time per fused kernel / VM op, sorted, with its share of the total "
+                        "(each kernel timed alone on the arguments of a real run; JSON key 'profile')")
     try:
         from .runtime.rpc_cli import add_remote_bench_options
     except ModuleNotFoundError:
@@ -301,10 +304,22 @@ def cmd_bench(args):
         from .runtime.rpc_cli import check_local_bench_args, cmd_remote_bench, is_remote
 
         if is_remote(args):
+            if args.profile:
+                from .errors import ConfigError
+
+                raise ConfigError("--profile runs on this machine only; drop it for remote boards")
             return cmd_remote_bench(args, art, inputs, write_json_atomic)
         check_local_bench_args(args)
     result = benchmark(art, inputs, threads=args.threads, warmup=args.warmup, repeat=args.repeat, progress=True)
     print(format_bench(result))
+    if args.profile:
+        from .runtime.bench import profile
+        from .runtime.profile import PROFILE_KEY, format_profile
+
+        prof = profile(art, inputs, threads=args.threads, warmup=min(args.warmup, 3), repeat=args.repeat,
+                       total_ms=result["median_ms"], progress=True)
+        print(format_profile(prof))
+        result[PROFILE_KEY] = {k: v for k, v in prof.items() if k not in ("threads", "target")}
     if art.metadata.get("accelerator"):
         from .accel.report import bench_fields, format_latency, simulated_latency
 

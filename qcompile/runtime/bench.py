@@ -51,6 +51,17 @@ def benchmark(artifact, inputs=None, threads: int = 1, warmup: int = 10, repeat:
     import tvm
 
     set_threads(threads)
+    dev = tvm.cpu()
+    args = _bench_args(artifact, inputs, dev)
+    times = bench_vm(artifact.vm, dev, args, warmup, repeat, progress)
+    result = stats_ms(times)
+    result.update({"repeat": repeat, "warmup": warmup, "threads": threads, "target": artifact.target_name})
+    return result
+
+
+def _bench_args(artifact, inputs, dev) -> list:
+    import tvm
+
     if inputs is None:
         from ..model import Model
 
@@ -58,9 +69,37 @@ def benchmark(artifact, inputs=None, threads: int = 1, warmup: int = 10, repeat:
     arrays = artifact.check_inputs(inputs)
     if any(a.shape != s.shape for a, s in zip(arrays, artifact.inputs)):
         raise InputError("bench inputs must have exactly the model's input shapes (one batch)")
+    return [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
+
+
+def profile(artifact, inputs=None, threads: int = 1, warmup: int = 3, repeat: int = 20,
+            total_ms: float | None = None, progress: bool = False) -> dict:
+    """Per-kernel profile of one inference (see runtime/profile.py). `total_ms`: the plain median
+    latency the shares are taken of (e.g. benchmark()'s median_ms; default: measured here)."""
+    import tvm
+
+    from .profile import profile_vm
+
+    if repeat < 1:
+        raise InputError(f"--repeat must be >= 1, got {repeat}")
+    set_threads(threads)
     dev = tvm.cpu()
-    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
-    times = bench_vm(artifact.vm, dev, args, warmup, repeat, progress)
-    result = stats_ms(times)
-    result.update({"repeat": repeat, "warmup": warmup, "threads": threads, "target": artifact.target_name})
+    args = _bench_args(artifact, inputs, dev)
+    lib = library_module(artifact)
+    result = profile_vm(lib, dev, args, repeat=repeat, warmup=warmup, total_ms=total_ms, progress=progress)
+    result.update({"threads": threads, "target": artifact.target_name})
     return result
+
+
+def library_module(artifact):
+    """The artifact's runtime module (VM executable + its TIR kernels as imports): a fresh load of
+    the folder's library, or an in-memory executable's module. Profiling makes its own VM from it."""
+    import tvm
+
+    artifact.check_runs_here()
+    if artifact.metadata.get("accelerator"):
+        import qcompile.accel.runtime  # noqa: F401  registers "qcompile.accel.run" for offloaded layers
+    if artifact._executable is not None:
+        ex = artifact._executable
+        return ex.mod if isinstance(ex, tvm.runtime.Executable) else ex
+    return tvm.runtime.load_module(artifact.library_path)
