@@ -145,6 +145,7 @@ def stage_realize(state: CompileState):
         "qconfig": qconfig.to_json(),
         "layers": {layer.name: realized.get(layer.name, "fp32") for layer in plan.layers},
         "integer_layers": len(realized),
+        "kept_fp32_by_rule": state.quant_info.get("kept_float", {}),
         "calibration_samples": state.quant_info.get("num_calib_samples"),
     }
     if state.quant_info.get("want_report"):

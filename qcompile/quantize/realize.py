@@ -45,6 +45,7 @@ def realize(state):
     func = rz.rebuild(plan.func)
     mod = plan.with_main(func)
     state.quant_info["realized"] = rz.realized
+    state.quant_info["kept_float"] = rz.kept_float
     return mod
 
 
@@ -63,6 +64,7 @@ class Realizer:
         self.float_map: dict = {}
         self.int_map: dict = {}
         self.realized: dict = {}
+        self.kept_float: dict = {}  # layer name -> why its rule kept it in fp32 after calibration
         self._by_anchor = {layer.anchor: layer for layer in plan.layers}
         self._absorbed = {b.var for layer in plan.layers for b in layer.bindings[1:]}
 
@@ -88,7 +90,7 @@ class Realizer:
         layer = self._by_anchor.get(binding.var)
         if binding.var in self._absorbed:
             return
-        if layer is not None and layer.precision != "fp32":
+        if layer is not None and layer.precision != "fp32" and not self._keeps_float(layer):
             if self.qconfig.mode == "simulate":
                 self._simulate(layer)
                 return
@@ -103,6 +105,12 @@ class Realizer:
                 return
         for b in (layer.bindings if layer is not None else [binding]):
             self.float_map[b.var] = self.bb.emit(self._remap(b.value), name_hint=b.var.name)
+
+    def _keeps_float(self, layer) -> bool:
+        reason = layer.rule.keep_float(layer, self)
+        if reason:
+            self.kept_float[layer.name] = reason
+        return bool(reason)
 
     # ------------------------------------------------------------------ simulation (fake quant)
     def _simulate(self, layer):
@@ -201,6 +209,12 @@ class Realizer:
         lo, hi = self.full_ranges.get(var, self.ranges[var]) if dtype == "int16" else self.ranges[var]
         scale, zp = choose_qparams(lo, hi, dtype, bool(self.qconfig.symmetric_activations))
         return power_of_two(scale, zp, dtype) if self.qconfig.power_of_two_scales else (scale, zp)
+
+    def real_range(self, var, dtype) -> tuple[float, float]:
+        """The real interval `var`'s codes of `dtype` cover (from its calibrated or fixed qparams)."""
+        scale, zp = self.qparams(var, dtype)
+        qmin, qmax = fixed_point.qrange(dtype)
+        return (qmin - zp) * scale, (qmax - zp) * scale
 
     def qin(self, var, dtype: str) -> QTensor:
         """`var` as integer codes of `dtype`: reuse its QTensor, else quantize its float value."""

@@ -51,3 +51,39 @@ def test_attention_block(method):
     ref = np.concatenate([qcompile.compile(model).run({"x": x[i:i + 1]})["y"] for i in range(4)])
     got = np.concatenate([art.run({"x": x[i:i + 1]})["y"] for i in range(4)])
     assert cosine(got, ref) >= 0.99
+
+
+def masked_scores_model():
+    """BERT-style padding mask: scores + mask * -FLT_MAX, then softmax (as the ONNX exports of
+    Hugging Face models write it)."""
+    wq, wk = (RNG.standard_normal((D, D)).astype(np.float32) / 4 for _ in range(2))
+    neg = float(np.finfo(np.float32).min)
+
+    def build(bb, x, pad):
+        q = bb.emit(relax.op.matmul(x, relax.const(wq)))
+        k = bb.emit(relax.op.matmul(x, relax.const(wk)))
+        s = bb.emit(relax.op.matmul(q, relax.op.permute_dims(k, [0, 2, 1])))
+        m = bb.emit(relax.op.multiply(pad, relax.const(neg, "float32")))
+        return bb.emit(relax.op.nn.softmax(bb.emit(relax.op.add(s, m)), axis=-1))
+
+    return relax_model([("x", (1, T, D)), ("pad", (1, 1, T))], build)
+
+
+def test_padding_mask_add_stays_fp32():
+    """An int8 add would put the scores and -FLT_MAX on one grid and round every score to one code;
+    the add rule keeps it in fp32 and says why, and the softmax still matches fp32."""
+    model = masked_scores_model()
+    pad = np.zeros((16, 1, T), np.float32)
+    pad[:, :, T - 3:] = 1.0  # the last 3 positions are padding
+    calib = {"x": RNG.standard_normal((16, T, D)).astype(np.float32), "pad": pad}
+    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax"))
+    art = pipe.run(model, calib=calib)
+    x = RNG.standard_normal((1, T, D)).astype(np.float32)
+    ref = qcompile.compile(model).run({"x": x, "pad": pad[:1]})["y"]
+    got = art.run({"x": x, "pad": pad[:1]})["y"]
+    assert np.all(got[..., T - 3:] == 0)
+    assert np.abs(got - ref).max() < 0.05
+    kept = pipe.state.quant_info["summary"]["kept_fp32_by_rule"]
+    (name,) = [n for n in kept if n.startswith("add")]
+    assert "steps of the int8 output grid" in kept[name]
+    assert name not in pipe.state.quant_info["realized"]

@@ -4,6 +4,8 @@ A rule answers two questions, like a quantizer class in ONNX Runtime's registry:
   * ``match(binding, graph)``  (annotate): does this call start a quantized layer?
     Which later bindings does it absorb (bias add, ReLU/clip), which inputs are
     activations, which are constant weights?  Returns a Layer, or None.
+  * ``keep_float(layer, rz)``  (realize, optional): given the calibrated ranges, a reason
+    this layer must stay in fp32 (integer arithmetic would erase its information), or None.
   * ``realize(layer, rz)``  (realize): emit the integer computation through the
     realizer ``rz`` and return the output QTensor, or None to leave the layer in fp32.
 
@@ -55,6 +57,9 @@ class Rule:
         from ..annotate import Layer
 
         return Layer.single(binding, self, graph)
+
+    def keep_float(self, layer, rz) -> str | None:
+        return None
 
     def realize(self, layer, rz):
         raise NotImplementedError

@@ -40,8 +40,28 @@ def _broadcastable(a, b) -> bool:
         return False
 
 
+# An add whose output grid is so coarse that one input keeps fewer than this many steps of it
+# stays in fp32: e.g. attention scores + a -FLT_MAX padding mask, where an int8 output would
+# round every score to the same code. The fp32 add keeps both; its consumer decides the rest.
+MIN_INPUT_STEPS = 2.0
+
+
 @register("relax.add")
 class AddRule(_BinaryRule):
+    def keep_float(self, layer, rz):
+        dtype = rz.act_dtype(layer)
+        try:
+            out_scale, _ = rz.qparams(layer.out, dtype)
+            spans = [max(abs(lo), abs(hi)) for lo, hi in (rz.real_range(v, dtype) for v in layer.inputs)]
+        except KeyError:  # not calibrated (dynamic quantization): realize decides
+            return None
+        for v, span in zip(layer.inputs, spans):
+            if span / out_scale < MIN_INPUT_STEPS:
+                other = max(spans)
+                return (f"input {v.name} (|x| <= {span:.3g}) would keep {span / out_scale:.2g} steps of the "
+                        f"{dtype} output grid, whose range the other input sets (|x| <= {other:.3g})")
+        return None
+
     def realize(self, layer, rz):
         from tvm import relax
 
