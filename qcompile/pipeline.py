@@ -47,6 +47,7 @@ class CompileState:
     quant_info: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    progress: bool = True  # progress bars on long stages (calibration, layer report)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -163,7 +164,7 @@ def _layer_report(state: CompileState):
 
     evaluation = state.quant_info.get("evaluation") or {}
     samples = evaluation.get("inputs") or load_calib(state.calib)
-    rows = report.layer_errors(state, samples)
+    rows = report.layer_errors(state, samples, progress=state.progress)
     print(report.format_table(rows))
     state.quant_info["report_rows"] = rows
     state.quant_info.setdefault("files", {}).update({
@@ -284,7 +285,8 @@ class Pipeline:
         evaluation -- for mixed precision: {"inputs": {name: array}, "labels": array, "fn": artifact -> float}
         """
         state = CompileState(source=source, target=self.target, input_shapes=self.input_shapes,
-                             qconfig=self.qconfig, calib=calib, records=self.records, out_dir=out_dir)
+                             qconfig=self.qconfig, calib=calib, records=self.records, out_dir=out_dir,
+                             progress=self.progress)
         if evaluation:
             state.quant_info["evaluation"] = evaluation
         state.quant_info["want_report"] = self.quant_report

@@ -84,3 +84,14 @@ def test_cli_pass_hook(tmp_path):
 def test_stages_are_listed_in_order():
     assert qcompile.STAGES == ("import", "preprocess", "annotate", "calibrate", "realize", "offload", "lower",
                                "apply_records", "build", "export")
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_flag_controls_the_calibration_bar(progress, capfd):
+    from qcompile.quantize.qconfig import QConfig
+
+    model = make_conv_model()
+    shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+    calib = {model.graph.input[0].name: np.random.default_rng(0).standard_normal((8,) + shape[1:]).astype(np.float32)}
+    qcompile.Pipeline(target="auto", qconfig=QConfig(calib_method="minmax"), progress=progress).run(model, calib=calib)
+    assert ("calibrate (minmax)" in capfd.readouterr().err) == progress

@@ -154,7 +154,8 @@ def calibrate(state) -> dict:
     if qconfig.calib_method in ("percentile", "entropy", "mse"):
         params.setdefault("dtype", qconfig.activation_dtype)
         params.setdefault("symmetric", bool(qconfig.symmetric_activations))
-    ranges, full = run_observers(plan, state.model.inputs, data, n, qconfig.calib_method, params)
+    ranges, full = run_observers(plan, state.model.inputs, data, n, qconfig.calib_method, params,
+                                 progress=state.progress)
     state.quant_info["num_calib_samples"] = n
     state.quant_info["full_ranges"] = full
     return ranges
