@@ -87,3 +87,18 @@ def test_cli_quantize_errors(tmp_path):
     qc.write_text("precision: int8\ncalib_methd: mse\n")
     proc = run_cli("compile", zoo.DIGITS_MODEL, "--qconfig", qc, "--calib", zoo.DIGITS_CALIB, "-o", out)
     assert proc.returncode == 2 and "calib_methd" in proc.stderr and not out.exists()
+
+
+def test_cosine_budget_is_the_worst_output():
+    """A large exact output must not hide a ruined small one (MiniLM returns its token states,
+    the pooled embedding and more; concatenating them scored a broken embedding as 1.0)."""
+    from qcompile.quantize.mixed import _metric
+
+    rng = np.random.default_rng(0)
+    big, small = rng.standard_normal((4, 1000)) * 100, rng.standard_normal((4, 8))
+    ref = {"states": big, "pooled": small}
+    got = {"states": big.copy(), "pooled": -small}
+    assert _metric("cosine", ref, got, None) == pytest.approx(-1.0)
+    assert _metric("cosine", ref, {"states": big, "pooled": small}, None) == pytest.approx(1.0)
+    zeros = {"z": np.zeros((2, 3))}
+    assert _metric("cosine", zeros, zeros, None) == 1.0
