@@ -4,8 +4,10 @@ until an accuracy budget holds, moving as few layers as possible.
 1. Build the fp32 model and the all-int8 model; measure the budget metric on held-out
    samples (the user's eval data, or the last quarter of the calibration data, which is
    then not used to calibrate).
-2. If int8 misses the budget, rank layers by sensitivity: each layer's own SNR loss
-   (``report.layer_errors``: SNR of its output minus that of its inputs).
+2. If int8 misses the budget, rank layers by measured sensitivity: the budget metric with
+   that layer alone left in float, all in one gated simulation model (``sensitivity.py``).
+   A user score function (which takes an artifact) falls back to each layer's own SNR loss
+   (``report.layer_errors``).
 3. Search the shortest prefix of that ranking that meets the budget when moved to the
    fallback precision (doubling, then bisection), first with int16, then with fp32.
 
@@ -77,16 +79,19 @@ def search(pipe, state):
     value = score(first.artifact)
     trials = [{"moved": [], "precision": qconfig.precision, "value": value, "ok": passes(value)}]
     chosen, ranking = first, []
+    sensitivity = {}
     if not passes(value):
-        from .report import layer_errors
-
-        rows = layer_errors(first, eval_inputs, progress=False)
-        ranked = sorted((r for r in rows if _is_compute(first, r["layer"])),
-                        key=lambda r: (-r["snr_drop_db"], r["snr_db"]))
-        ranking = [r["layer"] for r in ranked]
+        if metric == "score":  # the user's eval_fn takes an artifact: rank by the SNR proxy
+            ranking = _rank_by_snr(first, eval_inputs)
+        else:
+            ranking, sensitivity = _rank_measured(first, eval_inputs, reference, metric, bound_key, labels,
+                                                  state.progress)
         chosen = _shortest_prefix(ranking, qconfig, trial, score, passes, trials) or first
     report = {"metric": metric, bound_key: bound, "fp32_reference": "fp32 outputs on %d held-out samples"
               % len(next(iter(eval_inputs.values()))), "trials": trials, "ranking": ranking,
+              "ranking_method": "measured: metric with each layer alone in float (gated simulation)"
+              if sensitivity else "snr_drop_db of the layer error report",
+              "sensitivity": sensitivity,
               "moved": chosen.quant_info.get("precision_overrides", {}), "met": any(t["ok"] for t in trials)}
     _print(report)
     chosen.out_dir = out_dir
@@ -98,6 +103,28 @@ def search(pipe, state):
     chosen.quant_info["mixed"] = report
     chosen.quant_info.setdefault("summary", {})["mixed_precision"] = report
     return chosen
+
+
+def _rank_measured(first, eval_inputs, reference, metric, bound_key, labels, progress):
+    """Compute layers by measured gain: the metric with the layer alone in float minus the metric of
+    the all-quantized simulation (sign flipped for 'max' budgets). Returns (ranking, {layer: gain})."""
+    from .sensitivity import leave_one_out
+
+    compute = [layer.name for layer in first.quant_info["plan"].layers if _is_compute(first, layer.name)]
+    base, alone = leave_one_out(first, eval_inputs, lambda out: _metric(metric, reference, out, labels), compute,
+                                progress=progress)
+    sign = 1.0 if bound_key == "min" else -1.0
+    gain = {name: sign * (v - base) for name, v in alone.items()}
+    ranking = sorted(gain, key=lambda name: -gain[name])  # stable: ties keep graph order
+    return ranking, {name: round(g, 6) for name, g in gain.items()}
+
+
+def _rank_by_snr(first, eval_inputs):
+    from .report import layer_errors
+
+    rows = layer_errors(first, eval_inputs, progress=False)
+    ranked = sorted((r for r in rows if _is_compute(first, r["layer"])), key=lambda r: (-r["snr_drop_db"], r["snr_db"]))
+    return [r["layer"] for r in ranked]
 
 
 def _shortest_prefix(ranking, qconfig, trial, score, passes, trials):

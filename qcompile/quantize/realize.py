@@ -69,15 +69,16 @@ class Realizer:
         self._absorbed = {b.var for layer in plan.layers for b in layer.bindings[1:]}
 
     # ------------------------------------------------------------------ driver
-    def rebuild(self, func, outputs=None):
-        """Rebuild `func`; `outputs(realizer)` may choose what it returns (default: its own outputs)."""
+    def rebuild(self, func, outputs=None, extra_params=()):
+        """Rebuild `func`; `outputs(realizer)` may choose what it returns (default: its own outputs).
+        `extra_params` are appended to its parameters (e.g. the gates of a sensitivity model)."""
         from tvm import relax
 
         if len(func.body.blocks) != 1 or not isinstance(func.body.blocks[0], relax.DataflowBlock):
             raise NotImplementedError("quantization needs main to be one dataflow block (no control flow)")
         bb = self.bb
         attrs = dict(func.attrs) if func.attrs is not None else None
-        with bb.function("main", list(func.params), attrs=attrs):
+        with bb.function("main", list(func.params) + list(extra_params), attrs=attrs):
             with bb.dataflow():
                 for b in func.body.blocks[0].bindings:
                     self._visit(b)
