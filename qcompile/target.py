@@ -56,7 +56,8 @@ class ExportSpec:
 
     cross_compiler: str | None = None
     compiler_options: tuple[str, ...] = ()
-    toolchain_package: str | None = None
+    toolchain_package: str | None = None   # the package with `cross_compiler` (named when it is missing)
+    libc_package: str | None = None        # the target's C library and start files the link needs
     library_name: str = "model.so"
 
 

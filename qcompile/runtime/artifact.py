@@ -218,18 +218,61 @@ def _jsonable(v) -> bool:
         return False
 
 
+def cross_fcompile(export_spec):
+    """The fcompile that links a library with the target's cross compiler, or None (host compiler).
+
+    Raises ArtifactError naming the package to install when the compiler is not on PATH.
+    Used by compile's export and by the tuner's builder (candidates measured on a board).
+    """
+    if not export_spec.cross_compiler:
+        return None
+    from tvm.support import cc
+
+    if shutil.which(export_spec.cross_compiler) is None:
+        pkg = f" (Debian: apt-get install {export_spec.toolchain_package})" if export_spec.toolchain_package else ""
+        raise ArtifactError(f"cross compiler '{export_spec.cross_compiler}' not found on PATH{pkg}")
+    return cc.cross_compiler(export_spec.cross_compiler, options=list(export_spec.compiler_options))
+
+
 def export_library(executable, path: str, export_spec):
     """Link the library, with the target's cross compiler if it has one."""
-    if export_spec.cross_compiler:
-        from tvm.support import cc
-
-        if shutil.which(export_spec.cross_compiler) is None:
-            pkg = f" (Debian: apt-get install {export_spec.toolchain_package})" if export_spec.toolchain_package else ""
-            raise ArtifactError(f"cross compiler '{export_spec.cross_compiler}' not found on PATH{pkg}")
-        fcompile = cc.cross_compiler(export_spec.cross_compiler, options=list(export_spec.compiler_options))
-        executable.export_library(path, fcompile=fcompile)
-    else:
+    fcompile = cross_fcompile(export_spec)
+    if fcompile is None:
         executable.export_library(path)
+        return
+    try:
+        executable.export_library(path, fcompile=fcompile)
+    except Exception as err:  # noqa: BLE001 - tvm.support.cc raises RuntimeError("Compilation error: ...")
+        raise link_error(err, os.path.basename(path), export_spec) from None
+
+
+# What GNU ld says when the target's C library (crt*.o, libc.so, libgcc_s) is not installed.
+_MISSING_LIBC = ("cannot find crt", "cannot find -lc", "cannot find libc", "cannot find libgcc_s",
+                 "cannot find -lgcc_s", "cannot find -lm", "crti.o", "Scrt1.o")
+
+
+def link_error(err: BaseException, name: str, export_spec) -> ArtifactError:
+    """A failed cross link as one ArtifactError line: the linker's own complaint, and what to install.
+
+    The usual cause is a cross compiler without its C library (Debian's gcc-aarch64-linux-gnu
+    only *recommends* libc6-dev-arm64-cross, so --no-install-recommends leaves it out); the
+    link then stops at ``ld: cannot find crti.o``.
+    """
+    text = str(err)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if "cannot find" in ln or ("error" in ln.lower() and "Compilation error" not in ln)),
+                 lines[-1] if lines else type(err).__name__)
+    if "/ld: " in first:  # '/usr/lib/gcc-cross/.../bin/ld: cannot find crti.o: ...' -> 'ld: cannot find crti.o: ...'
+        first = "ld: " + first.split("/ld: ", 1)[1]
+    cc_name = export_spec.cross_compiler
+    packages = [p for p in (export_spec.libc_package,) if p]
+    if any(s in text for s in _MISSING_LIBC) and packages:
+        hint = f"the target's C library is missing (Debian: apt-get install {' '.join(packages)})"
+    else:
+        packages = [p for p in (export_spec.toolchain_package, export_spec.libc_package) if p]
+        hint = (f"is the cross toolchain complete? (Debian: apt-get install {' '.join(packages)})" if packages
+                else "check the target's export settings")
+    return ArtifactError(f"linking {name} with '{cc_name}' failed: {first}; {hint}")
 
 
 def write_artifact(state, out_dir: str) -> Artifact:
