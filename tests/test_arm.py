@@ -5,8 +5,9 @@ Default (fast) tests need no board. The cross-compile tests need Debian's aarch6
 the assembly tests need only TVM's own LLVM.
 
 Tests marked ``board`` build (once, cached in $QCOMPILE_BOARD_DIR or ~/.cache/qcompile/boards,
-~620 MB, a few minutes) and start an emulated aarch64 board: they need root, qemu-user-static,
-debootstrap and network access to a Debian mirror and PyPI. Run them with
+~630 MB, ~5 minutes) and start an emulated aarch64 board: they need root, qemu-user-static,
+debootstrap and network access to a Debian mirror and PyPI. ``./run_tests.sh`` (and so CI) runs
+them after the default tests (QCOMPILE_BOARD_TESTS=0 skips them); alone:
 ``./run_tests.sh -m board tests/test_arm.py``.
 """
 
@@ -134,6 +135,109 @@ def test_missing_cross_compiler_names_the_debian_package(tmp_path):
     err = res.stderr.strip().splitlines()[-1]
     assert CROSS_CC in err and "apt-get install gcc-aarch64-linux-gnu" in err, err
     assert not out.exists()
+
+
+# Hide libc6-dev-arm64-cross's files (crt*.o, libc.so, ...) from the cross linker, and only those:
+# in a private mount namespace, a tmpfs goes over the aarch64 lib folder and every other file in
+# it is linked back. What is left is exactly a machine where that package is not installed.
+HIDE_LIBC_DEV = r"""
+set -e
+lib=/usr/aarch64-linux-gnu/lib
+orig=$(mktemp -d)
+mount --bind "$lib" "$orig"
+mount -t tmpfs tmpfs "$lib"
+for f in "$orig"/*; do
+  grep -qxF "$lib/$(basename "$f")" "$OWNED" || ln -s "$f" "$lib/$(basename "$f")"
+done
+test ! -e "$lib/crti.o"
+exec "$@"
+"""
+
+
+def _can_hide_libc_dev() -> str | None:
+    """Why the libc6-dev-arm64-cross simulation cannot run here, or None when it can."""
+    if shutil.which(CROSS_CC) is None:
+        return f"{CROSS_CC} not on PATH"
+    if shutil.which("unshare") is None or shutil.which("dpkg") is None:
+        return "needs unshare and dpkg"
+    if os.geteuid() != 0:
+        return "needs root (a private mount namespace)"
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"no private mount namespace here: {probe.stderr.strip()}"
+    if subprocess.run(["dpkg", "-s", "libc6-dev-arm64-cross"], capture_output=True).returncode != 0:
+        return "libc6-dev-arm64-cross is not installed (nothing to hide)"
+    return None
+
+
+def test_link_failure_without_libc_dev_names_the_package(tmp_path):
+    """gcc-aarch64-linux-gnu without libc6-dev-arm64-cross (its Recommends; left out by
+    --no-install-recommends): the real linker fails on crti.o, and compile says, in one line,
+    which package to install. Simulated for real: the package's files are hidden from the linker."""
+    why = _can_hide_libc_dev()
+    if why:
+        pytest.skip(why)
+    owned = tmp_path / "owned.txt"
+    owned.write_text(subprocess.run(["dpkg", "-L", "libc6-dev-arm64-cross"], capture_output=True, text=True,
+                                    check=True).stdout)
+    out = tmp_path / "out"
+    res = subprocess.run(["unshare", "-m", "sh", "-c", HIDE_LIBC_DEV, "hide-libc-dev",
+                          sys.executable, "-m", "qcompile.cli", "compile", zoo.DIGITS_MODEL, "--target", "arm_neon",
+                          "--input-shape", "input:1x1x8x8", "-o", str(out)],
+                         capture_output=True, text=True, env={**os.environ, "OWNED": str(owned)}, timeout=900)
+    assert res.returncode == 2, res.stdout + res.stderr
+    err = res.stderr.strip().splitlines()[-1]
+    assert err.startswith("qcompile: error: linking model.so with 'aarch64-linux-gnu-gcc' failed"), err
+    assert "cannot find crti.o" in err and "apt-get install libc6-dev-arm64-cross" in err, err
+    assert "Traceback" not in res.stderr
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".out.")]
+
+
+def test_link_error_message():
+    """How a failed cross link reads (the text is tvm.support.cc's RuntimeError around ld's output)."""
+    from qcompile.runtime.artifact import link_error
+
+    spec = qcompile.load_target("arm_neon").export
+    ld = "/usr/lib/gcc-cross/aarch64-linux-gnu/12/../../../../aarch64-linux-gnu/bin/ld"
+    missing = RuntimeError(f"Compilation error:\n{ld}: cannot find crti.o: No such file or directory\n"
+                           "collect2: error: ld returned 1 exit status\n\nCommand line: aarch64-linux-gnu-gcc ...")
+    err = link_error(missing, "model.so", spec)
+    assert isinstance(err, ArtifactError)
+    assert str(err) == ("linking model.so with 'aarch64-linux-gnu-gcc' failed: ld: cannot find crti.o: No such file "
+                        "or directory; the target's C library is missing (Debian: apt-get install libc6-dev-arm64-cross)")
+    other = link_error(RuntimeError("Compilation error:\nsomething else broke\n"), "model.so", spec)
+    assert "something else broke" in str(other)
+    assert "apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross" in str(other)
+
+
+def test_tune_without_cross_compiler_names_the_package(tmp_path, monkeypatch):
+    """Tuning an ARM target links every candidate with the cross compiler: without it, tune stops
+    at once (before lowering the model) and names the package."""
+    from qcompile.tune import tuner
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(ArtifactError, match="'aarch64-linux-gnu-gcc' not found.*apt-get install gcc-aarch64-linux-gnu"):
+        tuner.tune(zoo.DIGITS_MODEL, "arm_neon", records_dir=str(tmp_path / "r"), runner=object(), progress=False)
+    assert time.perf_counter() - start < 30 and not (tmp_path / "r").exists()
+
+
+@needs_toolchain
+def test_tuning_candidates_are_cross_linked_shared_libraries(tmp_path):
+    """MetaSchedule's default export is a .tar the board would link with its own gcc; for an ARM
+    target each candidate is linked here into an aarch64 .so, which the board only dlopens."""
+    import tvm
+
+    from qcompile.tune.tuner import candidate_exporter
+
+    spec = qcompile.load_target("arm_neon")
+    assert candidate_exporter(qcompile.load_target("x86_64").export) is None  # host targets: MetaSchedule's default
+    lib = tvm.compile(tvm.IRModule({"dense": packed_int8_dense(4, 8, 16)}), target=spec.tvm())
+    path = candidate_exporter(spec.export)(lib)
+    try:
+        assert path.endswith(".so") and elf_header(path)["machine"] == EM_AARCH64
+    finally:
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- cross-compilation
@@ -360,6 +464,37 @@ def test_board_bench_through_the_tracker(board, tmp_path):
     assert result["emulated"] is True and result["rpc_key"] == "aarch64-qemu" and result["target"] == "arm_neon_dotprod"
     assert result["repeat"] == 10 and result["median_ms"] > 0
     print(f"emulated median {result['median_ms']:.2f} ms (not a hardware timing)")
+
+
+@pytest.mark.board
+def test_board_tune_through_the_tracker(board, x86_int8_logits, tmp_path):
+    """`qcompile tune --target arm_neon --rpc-tracker ... --rpc-key aarch64-qemu`: candidates are
+    cross-linked here (the board has no gcc) and timed on the board; the records found apply at
+    compile time and the tuned build still gives the x86 build's integer outputs, bit for bit."""
+    from qcompile.runtime.boards.remote_run import run_remote
+
+    calib = os.path.join(os.path.dirname(zoo.DIGITS_MODEL), "digits_calib.npz")
+    records, report_path = tmp_path / "records", tmp_path / "tune.json"
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "qcompile.cli", "tune", zoo.DIGITS_MODEL, "--target", "arm_neon",
+                          "-q", "int8", "--calib", calib, "--input-shape", "input:1x1x8x8",
+                          "--rpc-tracker", board["tracker"], "--rpc-key", board["key"], "--rpc-session-timeout", "120",
+                          "--task", "matmul", "--trials", "2", "--trials-per-iter", "2", "--strategy", "replay-trace",
+                          "--records", str(records), "--json", str(report_path)],
+                         capture_output=True, text=True, timeout=900)
+    print(f"tune on the emulated board: {time.perf_counter() - start:.0f} s")
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(report_path.read_text())
+    (task,) = report["tasks"]
+    assert task["trials"] == 2 and task["valid"] >= 1 and task["saved"], report
+    assert report["saved"] >= 1 and (records / "database_tuning_record.json").is_file()
+
+    pipe = qcompile.Pipeline(target="arm_neon", qconfig=QConfig(), input_shapes=DIGITS_SHAPE, progress=False,
+                             records=[str(records)])
+    pipe.run(zoo.DIGITS_MODEL, calib=zoo.digits_calib())
+    art = export(pipe, tmp_path / "tuned")
+    out = run_remote(art, zoo.digits_test()[0], tracker=board["tracker"], key=board["key"])["logits"]
+    np.testing.assert_array_equal(out, x86_int8_logits)
 
 
 @pytest.mark.board

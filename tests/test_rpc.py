@@ -336,6 +336,49 @@ def test_rpc_runner_measures_a_tir_kernel_on_a_board(farm, tmp_path):
         make_rpc_runner(farm.tracker.endpoint, "rpi9")
 
 
+def test_rpc_runner_frees_the_board_after_a_failure_and_never_waits_forever(farm, tmp_path):
+    """On a key with one board: a candidate that fails on the board leaves it free for the next one
+    (no waiting for the server's session timeout), and a candidate whose board never becomes free
+    comes back as a timed-out run after measure_timeout instead of blocking tuning for good
+    (TVM's tracker request itself waits forever)."""
+    import gc
+
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    from qcompile.runtime.rpc import Tracker
+
+    farm.start_server("one", name="one-0")
+    farm.wait_registered({"one": 1}, time.monotonic() + STARTUP_TIMEOUT_S)
+    func, path = _tiny_kernel_library(tmp_path)
+    broken = tmp_path / "broken.so"
+    broken.write_bytes(b"not a shared library")
+    args_info = ArgInfo.from_prim_func(func)
+    runner = make_rpc_runner(farm.tracker.endpoint, "one", session_timeout=120, measure_timeout=45,
+                             min_repeat_ms=0, threads=1)
+    (bad,) = runner.run([RunnerInput(str(broken), "cpu", args_info)])
+    assert bad.result().error_msg, "a file that is not a library measured fine"
+    start = time.monotonic()
+    (good,) = runner.run([RunnerInput(path, "cpu", args_info)])
+    res = good.result()
+    assert res.error_msg is None, res.error_msg
+    assert time.monotonic() - start < 40, "the failed candidate's session kept the board"
+    # the only board of 'one' is taken: the next candidate times out instead of waiting forever
+    with Tracker(farm.tracker.endpoint) as t:
+        held = t.request("one", timeout=60).connect(session_timeout=300)
+    try:
+        runner = make_rpc_runner(farm.tracker.endpoint, "one", session_timeout=120, measure_timeout=8,
+                                 min_repeat_ms=0, threads=1)
+        start = time.monotonic()
+        (waiting,) = runner.run([RunnerInput(path, "cpu", args_info)])
+        res = waiting.result()
+        assert res.error_msg and "Timeout" in res.error_msg, res.error_msg
+        assert time.monotonic() - start < 60
+    finally:
+        held = None  # noqa: F841
+        gc.collect()
+
+
 def test_tune_over_rpc(farm, tmp_path):
     """qcompile's tuner with the RPC runner: candidates built here, measured on the tracker's x86 boards."""
     import onnx

@@ -29,6 +29,7 @@ trackers on a trusted network (they bind 127.0.0.1 unless asked otherwise).
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import struct
@@ -461,6 +462,9 @@ def measure_on_board(artifact, board: Board, opts: RunOptions, progress=None, be
         # (set to None, not just left: a traceback would keep this frame's locals alive)
         rlib = vm = dev = None  # noqa: F841
         remote = None  # noqa: F841
+        # TVM objects can also sit in reference cycles (frames of caught errors, the VM's closures):
+        # collect them now, so the board is free for the next session instead of whenever gc runs.
+        gc.collect()
     if failure is not None:
         # Raised without the TVM exception and tracebacks behind it: their frames hold the session,
         # and an error kept by the caller (RemoteRun.errors) would keep the board busy.
@@ -745,8 +749,21 @@ def _progress_bars(slots, total: int):
 
 def make_rpc_runner(tracker, key: str, *, session_timeout: float = 60.0, number: int = 3, repeat: int = 1,
                     min_repeat_ms: int = 100, enable_cpu_cache_flush: bool = False, max_workers: int | None = None,
-                    threads: int | None = None, wait: float = 0.0):
-    """A MetaSchedule RPCRunner that measures tuning candidates on the tracker's boards of `key`.
+                    threads: int | None = None, wait: float = 0.0, measure_timeout: float | None = None):
+    """A MetaSchedule runner that measures tuning candidates on the tracker's boards of `key`.
+
+    It measures exactly as MetaSchedule's RPCRunner does (same session, upload, random inputs
+    and time_evaluator: ``rpc_runner._worker_func``), with two differences that matter on boards:
+
+    - every measurement has a deadline (`measure_timeout`, default `session_timeout` + 120 s:
+      waiting for a free board, connecting, the run). RPCRunner's worker pool has none, and a
+      tracker request waits for a board forever, so a dead board would stall tuning for good;
+      here the candidate is recorded as a timed-out run and tuning goes on.
+    - each measurement's session is released at once: the worker collects garbage after every
+      candidate and passes a failure back as a fresh exception. (An exception's traceback holds
+      the frames that hold the session; TVM's pool worker keeps the last result until its next
+      job, so after a failed candidate the board stayed taken and the next request waited for
+      the server's session timeout.)
 
     Candidates are still built locally (the builder); only the timing runs on the boards, one
     board per worker. Checks up front that the tracker answers and has a board with `key`
@@ -756,12 +773,13 @@ def make_rpc_runner(tracker, key: str, *, session_timeout: float = 60.0, number:
     thread pool for each measurement (None: the board's default, all cores), as `qcompile bench
     --threads` does.
 
-    Note: MetaSchedule's builder exports candidates as a .tar of object files, which the board
-    links when it loads them, so a board used for tuning needs a C compiler (gcc) installed.
+    Note: MetaSchedule's default builder exports candidates as a .tar of object files, which the
+    board links when it loads them (it needs gcc). ``qcompile tune`` links them here instead for a
+    target with a cross compiler (qcompile.tune.tuner.candidate_exporter).
     """
     import functools
 
-    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RPCConfig, RPCRunner
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RPCConfig
 
     ep = tracker if isinstance(tracker, Endpoint) else parse_endpoint(tracker)
     deadline = time.monotonic() + wait
@@ -774,14 +792,76 @@ def make_rpc_runner(tracker, key: str, *, session_timeout: float = 60.0, number:
     total = have.get(key, {}).get("total", 0)
     if not total:
         raise NoBoardError(f"tracker {ep} has no board with key '{key}' to tune on (it has: {describe_keys(have)})")
-    return RPCRunner(
+    if measure_timeout is None:
+        measure_timeout = float(session_timeout) + 120.0
+    if measure_timeout <= 0:
+        raise ConfigError(f"measure_timeout must be > 0, got {measure_timeout:g}")
+    return _board_runner_class()(
         rpc_config=RPCConfig(tracker_host=ep.host, tracker_port=ep.port, tracker_key=key,
                              session_priority=1, session_timeout_sec=int(session_timeout)),
         evaluator_config=EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
                                          enable_cpu_cache_flush=enable_cpu_cache_flush),
         f_create_session=functools.partial(create_session_with_threads, threads=threads) if threads else None,
         max_workers=max_workers or total,
+        timeout_s=measure_timeout,
     )
+
+
+_BOARD_RUNNER = None
+
+
+def _board_runner_class():
+    """Defined lazily: the base class needs tvm."""
+    global _BOARD_RUNNER
+    if _BOARD_RUNNER is not None:
+        return _BOARD_RUNNER
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import PyRunner
+    from tvm.s_tir.meta_schedule.runner.rpc_runner import RPCRunnerFuture
+    from tvm.support.popen_pool import PopenPoolExecutor
+
+    @derived_object
+    class BoardRunner(PyRunner):
+        """MetaSchedule's RPCRunner measurement, with a deadline per candidate and prompt release."""
+
+        def __init__(self, rpc_config, evaluator_config, f_create_session, max_workers: int, timeout_s: float,
+                     alloc_repeat: int = 1):
+            super().__init__()
+            self.rpc_config, self.evaluator_config = rpc_config, evaluator_config
+            self.f_create_session, self.alloc_repeat, self.timeout_s = f_create_session, alloc_repeat, timeout_s
+            # the pool kills a worker whose job outlives timeout_s; its future then raises TimeoutError,
+            # which RPCRunnerFuture reports as "RPCRunner: Timeout" (a failed run, not a hang)
+            self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_s)
+
+        def run(self, runner_inputs):
+            return [RPCRunnerFuture(
+                future=self.pool.submit(measure_candidate, self.f_create_session, self.rpc_config,
+                                        self.evaluator_config, self.alloc_repeat, str(ri.artifact_path),
+                                        str(ri.device_type), tuple(a.as_json() for a in ri.args_info)),
+                timeout_sec=self.timeout_s) for ri in runner_inputs]
+
+    _BOARD_RUNNER = BoardRunner
+    return _BOARD_RUNNER
+
+
+def measure_candidate(f_create_session, rpc_config, evaluator_config, alloc_repeat: int, artifact_path: str,
+                      device_type: str, args_info) -> list[float]:
+    """Time one candidate on a board (in a runner worker process), then release the session.
+
+    A failure comes back as a new RuntimeError carrying the message only: the original's
+    traceback would keep the session (and so the board) alive in this worker.
+    """
+    from tvm.s_tir.meta_schedule.runner import rpc_runner
+
+    error = None
+    try:
+        return rpc_runner._worker_func(f_create_session, None, None, None, None, rpc_config, evaluator_config,
+                                       alloc_repeat, artifact_path, device_type, args_info)
+    except Exception as err:  # noqa: BLE001 - TVM raises many kinds; the message is what MetaSchedule keeps
+        error = f"{type(err).__name__}: {err}"
+    finally:
+        gc.collect()  # the session closes when its last reference goes, cycles included
+    raise RuntimeError(error)
 
 
 def create_session_with_threads(rpc_config, threads: int):

@@ -287,9 +287,49 @@ def _physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def local_builder(timeout_s: float, max_workers: int | None = None):
-    """A LocalBuilder whose worker processes live for the whole run (see PooledBuilder)."""
-    return _pooled_builder_class()(timeout_s=timeout_s, max_workers=max_workers or _physical_cores())
+def local_builder(timeout_s: float, max_workers: int | None = None, export_spec=None):
+    """A LocalBuilder whose worker processes live for the whole run (see PooledBuilder).
+
+    export_spec -- the target's TargetSpec.export: with a cross compiler, candidates are linked
+                   into a shared library for the board (see export_candidate); otherwise they are
+                   exported as MetaSchedule does by default (a .tar the runner's host links).
+    """
+    f_export = candidate_exporter(export_spec) if export_spec is not None else None
+    return _pooled_builder_class()(timeout_s=timeout_s, max_workers=max_workers or _physical_cores(),
+                                   f_export=f_export)
+
+
+def candidate_exporter(export_spec):
+    """MetaSchedule's f_export for a target with a cross compiler, or None for the default export.
+
+    MetaSchedule exports a candidate as a .tar of object files, which the RPC server links when
+    it loads it: a board would need its own gcc (the emulated board has none, and a real board
+    should not need one). A cross-compiled target links each candidate here instead, with the
+    same compiler and options as ``compile`` (TargetSpec.export). Raises ArtifactError naming the
+    package to install when that compiler is missing, before any tuning starts.
+    """
+    import functools
+
+    from ..runtime.artifact import cross_fcompile
+
+    if cross_fcompile(export_spec) is None:
+        return None
+    return functools.partial(export_candidate, export_spec=export_spec)
+
+
+def export_candidate(rt_mod, export_spec) -> str:
+    """Link one built candidate into a .so with the target's cross compiler (in a builder worker).
+
+    Returns the path; MetaSchedule's RemoveBuildArtifact callback deletes its folder after the run.
+    """
+    from ..runtime.artifact import cross_fcompile, link_error
+
+    path = os.path.join(tempfile.mkdtemp(prefix="qcompile-candidate-"), "tvm_tmp_mod.so")
+    try:
+        rt_mod.export_library(path, fcompile=cross_fcompile(export_spec))
+    except Exception as err:  # noqa: BLE001 - tvm.support.cc raises RuntimeError("Compilation error: ...")
+        raise link_error(err, "a tuning candidate", export_spec) from None
+    return path
 
 
 def local_runner(timeout_s: float, threads: int | None = 1):
@@ -326,14 +366,16 @@ def _pooled_builder_class():
         is killed and reported as a failed candidate.
         """
 
-        def __init__(self, timeout_s: float, max_workers: int, max_uses: int = 64):
+        def __init__(self, timeout_s: float, max_workers: int, max_uses: int = 64, f_export=None):
             super().__init__()
             self.timeout_s = timeout_s
+            self.f_export = f_export  # None: MetaSchedule's default export (.tar)
             self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_s,
                                           maximum_process_uses=max_uses)
 
         def build(self, build_inputs):
-            jobs = [(build_candidate, None, b.mod, b.target, lb._serialize_params(b.params)) for b in build_inputs]
+            jobs = [(build_candidate, self.f_export, b.mod, b.target, lb._serialize_params(b.params))
+                    for b in build_inputs]
             results = []
             for res in self.pool.map_with_error_catching(lambda x: lb._worker_func(*x), jobs):
                 if res.status == StatusKind.COMPLETE:
@@ -398,6 +440,8 @@ def tune(model, target="auto", records_dir: str | None = None, trials: int | Non
                else "it does not run on this machine")
         raise TuneError(f"cannot measure target '{spec.name}' here: {why}; tune it on a board "
                         "(pass an RPC runner) or pick a target this CPU runs (see 'qcompile targets')")
+    if builder is None:
+        candidate_exporter(spec.export)  # a missing cross compiler: say which package, before lowering
     records_dir = records_dir or os.path.join(_records.SCHEDULES_DIR, spec.name)
     if os.path.exists(records_dir) and not os.path.isdir(records_dir):
         raise ConfigError(f"{records_dir}: not a folder")
@@ -448,7 +492,7 @@ def tune(model, target="auto", records_dir: str | None = None, trials: int | Non
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir, space=space, strategy=strategy, seed=seed)
         if own_builder:
-            builder = made_builder = local_builder(tuning.builder_timeout_s)
+            builder = made_builder = local_builder(tuning.builder_timeout_s, export_spec=spec.export)
         if runner is None:
             runner = local_runner(tuning.runner_timeout_s, threads)
         if progress:
