@@ -23,8 +23,11 @@ child python goes through qemu again.
 Every step is idempotent: a finished step is recorded in board.json and skipped next time,
 a half-finished one is redone from scratch (steps build in a temporary sibling and rename).
 
-Host needs (Debian): qemu-user-static, debootstrap (and root, for debootstrap), pip, network
-access to a Debian mirror and to PyPI.
+Host needs (Debian): qemu-user-static, debootstrap (with wget and debian-archive-keyring; and
+root, for debootstrap), dpkg, pip, network access to a Debian mirror and to PyPI. No binfmt_misc:
+qemu is always invoked explicitly (the launcher), never through the kernel's binfmt handlers.
+Every step that downloads has a deadline (SETUP_TIMEOUT_S), so a stalled mirror fails the build
+instead of hanging it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ STATE_FILE = "board.json"
 # The RPC server only needs TVM's runtime (load a .so, run the Relax VM, time it). Loading the
 # 240 MB compiler library too costs ~20-30 s per emulated python start, and the server starts two.
 RUNTIME_ONLY_ENV = {"TVM_USE_RUNTIME_LIB": "1"}
+# Deadlines of the setup steps (s). Measured here: debootstrap ~80-130 s, wheels ~30-80 s (~380 MB).
+SETUP_TIMEOUT_S = {"debootstrap": 1800, "dpkg": 300, "pip": 1800}
 
 
 class BoardError(QCompileError):
@@ -74,8 +79,11 @@ def board_requirements() -> list[str]:
 
 
 def default_dir() -> str:
-    """$QCOMPILE_BOARD_DIR/qemu-aarch64, else ~/.cache/qcompile/boards/qemu-aarch64."""
-    base = os.environ.get("QCOMPILE_BOARD_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "qcompile", "boards")
+    """$QCOMPILE_BOARD_DIR/qemu-aarch64, else $XDG_CACHE_HOME (default ~/.cache)/qcompile/boards/qemu-aarch64."""
+    base = os.environ.get("QCOMPILE_BOARD_DIR")
+    if not base:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        base = os.path.join(cache, "qcompile", "boards")
     return os.path.join(base, "qemu-aarch64")
 
 
@@ -146,6 +154,10 @@ class QemuAarch64Board:
 
     def qemu_path(self) -> str:
         path = shutil.which(self.qemu_name)
+        if path is None and self.qemu_name == "qemu-aarch64-static":
+            # newer Debian/Ubuntu qemu-user packages ship the static binary as plain qemu-aarch64;
+            # it is run explicitly, so a dynamically linked one would do as well
+            path = shutil.which("qemu-aarch64")
         if path is None:
             raise BoardError(f"'{self.qemu_name}' not found on PATH; install it (Debian: apt-get install qemu-user-static)")
         return path
@@ -168,14 +180,15 @@ class QemuAarch64Board:
         self.log(f"debootstrap (first stage) arm64 {self.suite} from {self.mirror} into {tmp} ...")
         self._run([debootstrap, "--foreign", "--arch=arm64", "--variant=minbase",
                    "--include=" + ",".join(ROOTFS_PACKAGES), self.suite, tmp, self.mirror],
-                  "debootstrap", hint="check that the mirror is reachable (--mirror) and the suite exists")
+                  "debootstrap", hint="check that the mirror is reachable (--mirror) and the suite exists",
+                  timeout=SETUP_TIMEOUT_S["debootstrap"])
         archives = os.path.join(tmp, "var", "cache", "apt", "archives")
         debs = sorted(f for f in os.listdir(archives) if f.endswith(".deb"))
         if not any(f.startswith("python3.11-minimal_") for f in debs):
             raise BoardError(f"debootstrap did not fetch python3.11 into {archives}; is '{self.suite}' a Debian 12 suite?")
         self.log(f"unpacking {len(debs)} .debs with dpkg -x (the second stage needs binfmt_misc) ...")
         for deb in debs:
-            self._run(["dpkg", "-x", os.path.join(archives, deb), tmp], f"dpkg -x {deb}")
+            self._run(["dpkg", "-x", os.path.join(archives, deb), tmp], f"dpkg -x {deb}", timeout=SETUP_TIMEOUT_S["dpkg"])
         for leftover in (archives, os.path.join(tmp, "debootstrap")):
             shutil.rmtree(leftover, ignore_errors=True)
         os.makedirs(archives, exist_ok=True)
@@ -198,10 +211,12 @@ class QemuAarch64Board:
         shutil.rmtree(tmp, ignore_errors=True)
         platforms = [a for p in WHEEL_PLATFORMS for a in ("--platform", p)]
         self.log(f"pip: aarch64 wheels {' '.join(reqs)} ...")
-        self._run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
-                   "--target", tmp, *platforms, "--python-version", "3.11", "--implementation", "cp",
-                   "--abi", "cp311", "--only-binary=:all:", *reqs],
-                  "pip install (aarch64 wheels)", hint="PyPI must be reachable; the wheels are ~380 MB")
+        # --no-cache-dir: these wheels are needed once, here; pip's cache would keep a second ~380 MB copy
+        self._run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-cache-dir",
+                   "--timeout", "60", "--target", tmp, *platforms, "--python-version", "3.11",
+                   "--implementation", "cp", "--abi", "cp311", "--only-binary=:all:", *reqs],
+                  "pip install (aarch64 wheels)", hint="PyPI must be reachable; the wheels are ~380 MB",
+                  timeout=SETUP_TIMEOUT_S["pip"])
         shutil.rmtree(self.site, ignore_errors=True)
         os.rename(tmp, self.site)
         self._write_sitecustomize()
