@@ -111,12 +111,15 @@ def _rank_measured(first, eval_inputs, reference, metric, bound_key, labels, pro
     from .sensitivity import leave_one_out
 
     compute = [layer.name for layer in first.quant_info["plan"].layers if _is_compute(first, layer.name)]
-    base, alone = leave_one_out(first, eval_inputs, lambda out: _metric(metric, reference, out, labels), compute,
-                                progress=progress)
+
+    def score(out):  # the output cosine breaks ties of discrete metrics (agreement on a few samples)
+        return _metric(metric, reference, out, labels), _metric("cosine", reference, out, labels)
+
+    base, alone = leave_one_out(first, eval_inputs, score, compute, progress=progress)
     sign = 1.0 if bound_key == "min" else -1.0
-    gain = {name: sign * (v - base) for name, v in alone.items()}
-    ranking = sorted(gain, key=lambda name: -gain[name])  # stable: ties keep graph order
-    return ranking, {name: round(g, 6) for name, g in gain.items()}
+    gain = {name: (sign * (v - base[0]), c - base[1]) for name, (v, c) in alone.items()}
+    ranking = sorted(gain, key=lambda name: (-gain[name][0], -gain[name][1]))  # stable: ties keep graph order
+    return ranking, {name: round(g[0], 6) for name, g in gain.items()}
 
 
 def _rank_by_snr(first, eval_inputs):
