@@ -88,6 +88,13 @@ def randomize_constant_weights(model, seed: int = 0):
     dead_names = {i.name for i in dead}
     for vi in [vi for vi in graph.input if vi.name in dead_names]:
         graph.input.remove(vi)
+    # IR 3 wants every initializer listed as a graph input (saved, the model would not load). From IR 4
+    # on, an initializer that is also an input is an overridable input: ORT then neither folds it
+    # (e.g. BN into conv) nor quantizes it as a weight. Keep the real inputs only.
+    model.ir_version = max(model.ir_version, 4)
+    names = {i.name for i in graph.initializer}
+    for vi in [vi for vi in graph.input if vi.name in names]:
+        graph.input.remove(vi)
     return model
 
 
