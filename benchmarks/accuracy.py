@@ -49,18 +49,20 @@ class NotAvailable(RuntimeError):
 
 # ============================================================================ the columns
 
-def qcompile_fp32(ds, target):
+def qcompile_fp32(ds, target, records=()):
+    """records: extra tuning-record folders (schedules/<target>/ applies anyway)."""
     import qcompile
 
-    return qcompile.compile(ds.model, target=target, input_shapes=ds.input_shapes)
+    return qcompile.compile(ds.model, target=target, input_shapes=ds.input_shapes, records=records)
 
 
-def qcompile_int8(ds, target, calib_method):
+def qcompile_int8(ds, target, calib_method, records=()):
     import qcompile
     from qcompile.quantize.qconfig import QConfig
 
     qconfig = QConfig(precision="int8", calib_method=calib_method)
-    return qcompile.compile(ds.model, target=target, qconfig=qconfig, calib=ds.calib, input_shapes=ds.input_shapes)
+    return qcompile.compile(ds.model, target=target, qconfig=qconfig, calib=ds.calib, input_shapes=ds.input_shapes,
+                            records=records)
 
 
 def qcompile_mixed(ds, target, calib_method):
@@ -418,6 +420,22 @@ def _versions() -> dict:
         except md.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def _git() -> dict:
+    """The commit measured, and the files that differed from it: modified tracked files, and untracked
+    Python files (a shared checkout may hold work in progress that the measurement ran with)."""
+    import subprocess
+
+    root = os.path.dirname(HERE)
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        status = subprocess.run(["git", "-C", root, "status", "--porcelain"], capture_output=True,
+                                text=True).stdout.splitlines()
+    except OSError:
+        return {}
+    return {"commit": head, "modified": [ln[3:] for ln in status if ln.strip() and not ln.startswith("??")],
+            "untracked_py": [ln[3:] for ln in status if ln.startswith("??") and ln.endswith(".py")]}
 
 
 def _cpu() -> str:

@@ -13,6 +13,11 @@ or is generated here (rendered text lines, synthetic audio, sentences written be
     ppocr_rec   PP-OCRv4 recognizer (rapidocr)                 exact match and CER after greedy CTC decoding
     silero      silero VAD (16 kHz, 512-sample chunks)         agreement with ORT fp32 (mean |dp|, >0.5 decision)
     minilm      paraphrase-MiniLM-L3-v2 (seq len 64)           cosine of the pooled embedding vs ORT fp32
+
+For the latency benchmark only (benchmarks/latency.py; LATENCY_MODELS):
+
+    resnet50, squeezenet, shufflenet   onnx wheel light_* models, seeded random weights, opset 13; N(0,1) images
+    ppocr_det   PP-OCRv4 text detector (rapidocr), 736x736     text-mask IoU vs ORT fp32 on rendered pages
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import numpy as np
 from qcompile import zoo
 
 MODELS = ("digits", "ppocr_cls", "ppocr_rec", "silero", "minilm")
+# Models for the latency benchmark only (benchmarks/latency.py): seeded inputs, scored against ORT fp32.
+LATENCY_MODELS = ("resnet50", "squeezenet", "shufflenet", "ppocr_det")
 
 
 class ModelNotFound(RuntimeError):
@@ -65,9 +72,10 @@ class Dataset:
 
 def load(name: str, samples: int | None, calib: int | None, work_dir: str) -> Dataset:
     """Build the dataset `name` with `samples` eval / `calib` calibration samples (None: the default)."""
-    fn = {"digits": digits, "ppocr_cls": ppocr_cls, "ppocr_rec": ppocr_rec, "silero": silero, "minilm": minilm}
+    fn = {"digits": digits, "ppocr_cls": ppocr_cls, "ppocr_rec": ppocr_rec, "silero": silero, "minilm": minilm,
+          "ppocr_det": ppocr_det, **{n: _light_loader(n) for n in LATENCY_MODELS if n != "ppocr_det"}}
     if name not in fn:
-        raise ValueError(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
+        raise ValueError(f"unknown model '{name}'; choose from {', '.join(MODELS + LATENCY_MODELS)}")
     kwargs = {"work_dir": work_dir}
     if samples is not None:
         kwargs["samples"] = samples
@@ -693,3 +701,93 @@ def _output_names(model_path: str) -> list[str]:
     import onnx
 
     return [o.name for o in onnx.load(model_path, load_external_data=False).graph.output]
+
+
+# ============================================================================ 6. latency-only models
+
+def _cosine_score(out_name: str):
+    """Per-sample cosine of the flattened output with ORT fp32's, and top-1 agreement for logits."""
+    def score(out, ref):
+        a = out[out_name].reshape(len(out[out_name]), -1).astype(np.float64)
+        b = ref[out_name].reshape(len(ref[out_name]), -1).astype(np.float64)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+                "agree_ort_fp32": float((a.argmax(1) == b.argmax(1)).mean())}
+    return score
+
+
+def _light_loader(name: str):
+    return lambda **kw: light(name, **kw)
+
+
+def light(name: str, samples: int = 4, calib: int = 8, work_dir: str = "", opset: int = 13) -> Dataset:
+    """An onnx wheel `light_<name>` model (zoo.light_model: seeded random He-normal weights), converted
+    from opset 9 to `opset` and saved to work_dir, on seeded N(0, 1) images. Random weights: for latency
+    (and engine agreement) only. The conversion matters to ORT: quantize_static writes per-channel int32
+    bias DequantizeLinear nodes, which need opset >= 13 (on the opset 9 file ORT refuses its own output)."""
+    import onnx
+    import onnx.version_converter
+
+    if not work_dir:
+        raise ValueError("light models are written to work_dir: pass one")
+    model = onnx.version_converter.convert_version(zoo.light_model(name, seed=0), opset)
+    path = os.path.join(work_dir, f"light_{name}_seed0_op{opset}.onnx")
+    onnx.save(model, path)
+    inits = {i.name for i in model.graph.initializer}
+    (inp,) = [i for i in model.graph.input if i.name not in inits]
+    shape = tuple(d.dim_value or 1 for d in inp.type.tensor_type.shape.dim)
+    x = np.random.default_rng(1).standard_normal((samples, *shape[1:])).astype(np.float32)
+    xc = np.random.default_rng(1001).standard_normal((calib, *shape[1:])).astype(np.float32)
+    out_name = model.graph.output[0].name
+    return Dataset(name, path, None, {inp.name: xc}, {inp.name: x}, _cosine_score(out_name), primary="cos_mean",
+                   output=out_name, metric_names=("cos_mean", "cos_min", "agree_ort_fp32"),
+                   notes=[f"onnx wheel light_{name} with seeded random weights, opset {opset}; N(0,1) inputs {list(shape)}"])
+
+
+DET_SIZE = 736  # rapidocr's det limit_side_len (limit_type 'min'): a square page is resized to 736x736
+
+
+def render_page(rng: np.random.Generator, fonts: list[str], size: int, lines: int = 8) -> np.ndarray:
+    """A light page (BGR uint8, size x size) with `lines` rendered text lines at random places."""
+    page = np.full((size, size, 3), int(rng.integers(215, 256)), np.uint8)
+    for _ in range(lines):
+        img = render_line(_random_text(rng, 16), rng, fonts)
+        h, w = img.shape[:2]
+        if h >= size or w >= size:
+            continue
+        y, x = int(rng.integers(0, size - h)), int(rng.integers(0, size - w))
+        page[y:y + h, x:x + w] = np.minimum(page[y:y + h, x:x + w], img)
+    return page
+
+
+def _det_preprocess(img: np.ndarray, size: int) -> np.ndarray:
+    """rapidocr's own DetPreProcess (resize to a multiple of 32, (x/255 - 0.5) / 0.5, CHW)."""
+    from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
+
+    out = DetPreProcess(limit_side_len=size, limit_type="min")(img)
+    if out.shape[-2:] != (size, size):
+        raise ValueError(f"det preprocessing gave {out.shape}, expected {size}x{size}")
+    return out[0] if out.ndim == 4 else out
+
+
+def ppocr_det(samples: int = 4, calib: int = 8, work_dir: str = "", size: int = DET_SIZE) -> Dataset:
+    """PP-OCRv4 text detector (DB) on rendered pages, fixed 1x3xSIZExSIZE; metric: agreement of the
+    text mask (probability > 0.3, rapidocr's threshold) with ORT fp32's, as IoU."""
+    model = _rapidocr_model("ch_PP-OCRv4_det_infer.onnx")
+    fonts = _fonts()
+    rng = np.random.default_rng(3)
+    x = np.stack([_det_preprocess(render_page(rng, fonts, size), size) for _ in range(samples)]).astype(np.float32)
+    rng = np.random.default_rng(1003)
+    xc = np.stack([_det_preprocess(render_page(rng, fonts, size), size) for _ in range(calib)]).astype(np.float32)
+    out_name = _output_names(model)[0]
+
+    def score(out, ref):
+        a, b = out[out_name] > 0.3, ref[out_name] > 0.3
+        inter = (a & b).sum(axis=(1, 2, 3))
+        union = (a | b).sum(axis=(1, 2, 3))
+        iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+        return {"mask_iou": float(iou.mean()), "mask_iou_min": float(iou.min())}
+
+    return Dataset("ppocr_det", model, {"x": (1, 3, size, size)}, {"x": xc}, {"x": x}, score, primary="mask_iou",
+                   output=out_name, metric_names=("mask_iou", "mask_iou_min"),
+                   notes=[f"rendered pages {size}x{size} with 8 text lines each; rapidocr det preprocessing"])
