@@ -18,14 +18,17 @@ __version__ = "0.1.0"
 
 
 def compile(model, target="auto", out_dir=None, *, input_shapes=None, qconfig=None, calib=None,
-            records=(), passes=(), evaluation=None):
+            records=(), passes=(), evaluation=None, default_schedule=None):
     """Compile a model (path, onnx.ModelProto, torch ExportedProgram or Model) for a target.
 
     passes -- [(pass, "after:STAGE" | "before:STAGE"), ...] user passes to hook in.
     evaluation -- mixed precision (qconfig.budget): {"inputs": ..., "labels": ..., "fn": ...}
+    default_schedule -- False: kernels without a tuning record stay TVM's naive loop nests
+                        (None: the target's tuning.default_schedule, on by default)
     Returns an Artifact (written to out_dir when given).
     """
-    pipe = Pipeline(target=target, qconfig=qconfig, records=records, input_shapes=input_shapes)
+    pipe = Pipeline(target=target, qconfig=qconfig, records=records, input_shapes=input_shapes,
+                    default_schedule=default_schedule)
     for p, where in passes:
         when, _, stage = where.partition(":")
         pipe.add_pass(p, **{when: stage})

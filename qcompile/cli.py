@@ -97,6 +97,9 @@ def _add_compile(sub):
                        epilog="example: qcompile compile model.onnx --target x86_64 -o out/")
     add_compile_options(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="artifact folder to write (atomically)")
+    p.add_argument("--no-default-schedule", dest="default_schedule", action="store_false", default=None,
+                   help="leave kernels without a tuning record as TVM's naive loop nests (default: the target's "
+                        "tuning.default_schedule, on: a fixed tiled/vectorized schedule, see docs/tuning.md)")
     p.add_argument("--pass", dest="passes", action="append", default=[], metavar="MODULE:OBJECT",
                    help="a user Relax pass to insert, e.g. mypasses:CountOps (repeatable; pair each with --at)")
     p.add_argument("--at", action="append", default=[], metavar="WHEN:STAGE",
@@ -159,7 +162,8 @@ def make_pipeline(args, qconfig=None):
 
     pipe = Pipeline(target=args.target, qconfig=qconfig, records=args.records, input_shapes=args.input_shape,
                     quant_report=bool(getattr(args, "report", False)),
-                    export_qdq=bool(getattr(args, "export_qdq", False)))
+                    export_qdq=bool(getattr(args, "export_qdq", False)),
+                    default_schedule=getattr(args, "default_schedule", None))
     passes, ats = getattr(args, "passes", []), getattr(args, "at", [])
     if len(passes) != len(ats):
         raise ConfigError(f"give one --at WHEN:STAGE for each --pass ({len(passes)} --pass, {len(ats)} --at)")

@@ -39,6 +39,7 @@ class CompileState:
     qconfig: object = None
     calib: object = None
     records: list = field(default_factory=list)
+    default_schedule: bool = True   # schedule the kernels records left untuned (tune/default_schedule.py)
     out_dir: str | None = None
     model: Model | None = None
     mod: object = None
@@ -192,11 +193,20 @@ def stage_lower(state: CompileState):
 
 
 def stage_apply_records(state: CompileState):
+    """Tuned schedules from the record folders; then a default schedule for every kernel left without
+    one (CPU targets, unless turned off), instead of TVM's naive loop nest."""
     from .tune import records
 
     state.mod, used = records.apply_records(state.mod, state.target, state.records)
     if used:
         state.notes.append(f"tuning records applied from {', '.join(used)}")
+    if state.default_schedule:
+        from .tune import default_schedule
+
+        report = default_schedule.DefaultScheduleReport()
+        state.mod = default_schedule.apply_default_schedule(state.mod, state.target.tvm(), report=report)
+        if report.kernels:
+            state.notes.append(report.summary())
 
 
 def build_passes(target):
@@ -250,8 +260,12 @@ class Pipeline:
     """The stages plus the user's passes hooked before/after them."""
 
     def __init__(self, target="auto", qconfig=None, records=(), input_shapes=None, progress: bool = True,
-                 quant_report: bool = False, export_qdq: bool = False):
+                 quant_report: bool = False, export_qdq: bool = False, default_schedule: bool | None = None):
+        """default_schedule -- schedule kernels without a tuning record (None: the target's
+        ``tuning.default_schedule``, on in every bundled target; False: TVM's naive loop nests)."""
         self.target = load_target(target)
+        self.default_schedule = (bool(getattr(self.target.tuning, "default_schedule", True))
+                                 if default_schedule is None else bool(default_schedule))
         self.quant_report = quant_report
         self.export_qdq = export_qdq
         self.qconfig = qconfig
@@ -286,7 +300,7 @@ class Pipeline:
         """
         state = CompileState(source=source, target=self.target, input_shapes=self.input_shapes,
                              qconfig=self.qconfig, calib=calib, records=self.records, out_dir=out_dir,
-                             progress=self.progress)
+                             progress=self.progress, default_schedule=self.default_schedule)
         if evaluation:
             state.quant_info["evaluation"] = evaluation
         state.quant_info["want_report"] = self.quant_report
