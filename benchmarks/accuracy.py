@@ -452,10 +452,7 @@ def _cpu() -> str:
 # ============================================================================ CLI
 
 def parse_args(argv=None):
-    try:
-        from qcompile.quantize.qconfig import CALIB_METHODS
-    except ImportError:
-        CALIB_METHODS = ("minmax", "moving_average", "percentile", "entropy", "mse")
+    from qcompile.quantize.qconfig import CALIB_METHODS, QConfig
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(datasets.MODELS),
@@ -466,7 +463,8 @@ def parse_args(argv=None):
                         "minilm 50 sentences)")
     p.add_argument("--calib", type=int, default=None,
                    help="calibration samples per model (default: digits 200, silero 64, others 32)")
-    p.add_argument("--calib-method", default="entropy", choices=CALIB_METHODS, help="qcompile int8 calibration")
+    p.add_argument("--calib-method", default=QConfig.calib_method, choices=CALIB_METHODS,
+                   help="qcompile int8 calibration (default: qcompile's own default, %(default)s)")
     p.add_argument("--ort-calib-method", default="minmax", choices=("minmax", "entropy", "percentile", "distribution"),
                    help="ORT quantize_static calibration (default: minmax, ORT's default). Note: through quantize_static, "
                         "ORT's entropy uses 128 bins / 128 quantized bins, which reduces to minmax")
