@@ -528,10 +528,14 @@ def _make_rules():
                 return None
             r_vars = [var for _, k, _, var in kinds if k == "R" and var is not None]
             s_vars = [var for _, k, _, var in kinds if k == "S" and var is not None]
-            reads = [r for r in sch.get(block).reads if r.region]
-            if not any(any(_uses(r.region[-1].min, var) for var in r_vars)
-                       and not any(_uses(r.region[-1].min, var) for var in s_vars) for r in reads):
-                return None  # no input whose innermost axis is the reduction alone (pooling windows)
+            out_buf = sch.get(block).writes[0].source
+            reads = [r for r in sch.get(block).reads if r.region and not r.source.same_as(out_buf)]
+            if not reads:
+                return None
+            big = max(reads, key=lambda r: _buffer_bytes(r.source))
+            last = big.region[-1].min
+            if not any(_uses(last, var) for var in r_vars) or any(_uses(last, var) for var in s_vars):
+                return None  # the largest input's innermost axis is not the reduction alone (pooling, conv)
             work = math.prod(e for _, _, e, _ in kinds)
             sch.reorder(*spatial, *r_loops)
             fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
