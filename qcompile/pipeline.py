@@ -215,6 +215,27 @@ def build_passes(target):
     return dataflow_lower_passes(target) + finalize_passes(target)
 
 
+def host_vm(mod):
+    """A VirtualMachine on this CPU for a helper module (calibration, the error report, the
+    sensitivity model), built like a compile for target 'auto': lowering, default schedules for
+    every kernel (no records: helper modules are one-offs), build passes."""
+    import tvm
+    from tvm import relax
+
+    from .target import load_target
+    from .tune import default_schedule
+
+    host = load_target("auto")
+    target = host.tvm()
+    with target, tvm.transform.PassContext(opt_level=3):
+        for p in lower_passes(target):
+            mod = p(mod)
+        if getattr(host.tuning, "default_schedule", True):
+            mod = default_schedule.apply_default_schedule(mod, target)
+    ex = tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(build_passes(target)))
+    return relax.VirtualMachine(ex, tvm.cpu())
+
+
 def stage_build(state: CompileState):
     import tvm
 

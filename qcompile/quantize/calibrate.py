@@ -100,17 +100,13 @@ def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: d
     Returns ({var: (lo, hi)} by the method, {var: (min, max)} unclipped); int16 tensors use the latter,
     since 16 bits resolve the full range and clipping would only add error."""
     import tvm
-    from tvm import relax
 
-    from ..target import load_target
+    from ..pipeline import host_vm
 
     if not plan.observe:
         return {}, {}
     mod, tensors = calibration_module(plan)
-    host = load_target("auto")
-    with host.tvm():
-        mod = relax.get_pipeline("zero")(mod)
-    vm = relax.VirtualMachine(tvm.compile(mod, host.tvm()), tvm.cpu())
+    vm = host_vm(mod)
     observers = [make_observer(method, name=v.name, **params) for v in tensors]
     batch = model_inputs[0].shape[0]
     steps = range(0, n, batch)

@@ -39,23 +39,12 @@ class _Stats:
         return {"snr_db": snr, "cosine": cos, "max_abs_err": self.max_err}
 
 
-def _compile_host(mod):
-    import tvm
-    from tvm import relax
-
-    from ..target import load_target
-
-    host = load_target("auto")
-    with host.tvm():
-        mod = relax.get_pipeline("zero")(mod)
-    return relax.VirtualMachine(tvm.compile(mod, host.tvm()), tvm.cpu())
-
-
 def layer_errors(state, samples: dict, max_samples: int = 64, progress: bool = True) -> list[dict]:
     """Per-layer error rows for a compile state after realize (plan, ranges, qconfig in quant_info)."""
     import tvm
     from tvm import relax
 
+    from ..pipeline import host_vm
     from .calibrate import calibration_module, check_calib
     from .realize import Realizer
 
@@ -71,7 +60,7 @@ def layer_errors(state, samples: dict, max_samples: int = 64, progress: bool = T
     qmod = plan.with_main(rz.rebuild(plan.func, outputs=exposed))
     shown = exposed.layers
     fmod, _ = calibration_module(plan, [layer.out for layer in shown])
-    fvm, qvm = _compile_host(fmod), _compile_host(qmod)
+    fvm, qvm = host_vm(fmod), host_vm(qmod)
     data, n = check_calib(samples, state.model.inputs, max_samples)
     batch = state.model.inputs[0].shape[0]
     stats = [_Stats() for _ in shown]

@@ -68,7 +68,7 @@ class GatedModel:
     def __init__(self, state):
         from tvm import relax
 
-        from .report import _compile_host
+        from ..pipeline import host_vm
 
         info = state.quant_info
         plan = info["plan"]
@@ -76,7 +76,7 @@ class GatedModel:
         index = {name: i for i, name in enumerate(self.layers)}
         gates = relax.Var(GATES, relax.TensorType((max(1, len(self.layers)),), "float32"))
         rz = GatedSimulation(plan, info["ranges"], info["qconfig"], info.get("full_ranges"), gates, index)
-        self.vm = _compile_host(plan.with_main(rz.rebuild(plan.func, extra_params=[gates])))
+        self.vm = host_vm(plan.with_main(rz.rebuild(plan.func, extra_params=[gates])))
         self.simulated = set(rz.realized)  # layers a rule kept in float have no effect on their gate
         self.inputs, self.outputs = state.model.inputs, [o.name for o in state.model.outputs]
 
