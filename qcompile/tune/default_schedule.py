@@ -272,6 +272,26 @@ def _tile(v_ext: int, u_ext: int | None, lanes: int, budget: int):
     return exact[1:]
 
 
+def _tile_2d(v_ext: int, u_ext: int, u2_ext: int, lanes: int, budget: int):
+    """(vi, ui, u2i) for a tile of ui broadcast rows x u2i vector rows x vi lanes: fewest loads per
+    multiply-add ((u2i * regs + ui) / (ui * u2i * regs)), then the most accumulators, within the
+    budget. Exact divisors only; None when no vector divides v_ext."""
+    best = None
+    for vi in (2 * lanes, lanes):
+        if v_ext % vi:
+            continue
+        regs = vi // lanes
+        for ui in _divisors(u_ext):
+            for u2i in _divisors(u2_ext):
+                acc = ui * u2i * regs
+                if acc > budget:
+                    continue
+                key = (-(u2i * regs + ui) / acc, acc, vi)
+                if best is None or key > best[0]:
+                    best = (key, vi, ui, u2i)
+    return None if best is None else best[1:]
+
+
 def _plan(sch, block, kinds, lanes, budget):
     """Pick the vector axis. Returns dict(style, v, u, vi, ui, pack) or None.
 
@@ -290,11 +310,26 @@ def _plan(sch, block, kinds, lanes, budget):
     v = spatial[-1]
     var = kinds[v][3]
     if out_region and _uses(out_region[-1].min, var) and _stride(out_region[-1].min, var) == 1:
-        if any(_uses(r.region[-1].min, var) and _stride(r.region[-1].min, var) == 1 for r in reads):
-            u = spatial[-2] if len(spatial) > 1 else None
-            t = _tile(kinds[v][2], kinds[u][2] if u is not None else None, lanes, budget)
-            if t is not None:
-                return {"style": "inner", "v": v, "u": u, "vi": t[0], "ui": t[1], "pack": None}
+        vec_reads = [r for r in reads if _uses(r.region[-1].min, var) and _stride(r.region[-1].min, var) == 1]
+        if vec_reads:
+            # u: an axis only the broadcast operand depends on (a conv's output channels, a matmul's
+            # rows), so one vector load serves u multiply-adds; u2: an axis of the vector operand (a
+            # conv's rows), so one broadcast serves u2 vectors. A tile of u x u2 x v outputs.
+            others = [i for i in spatial if i != v]
+            vec_side = [i for i in others if any(_uses(d.min, kinds[i][3]) for d in vec_reads[0].region)]
+            bcast_side = [i for i in others if i not in vec_side]
+            u = bcast_side[-1] if bcast_side else (vec_side[-1] if vec_side else None)
+            u2 = vec_side[-1] if bcast_side and vec_side else None
+            if u2 is None:
+                t = _tile(kinds[v][2], kinds[u][2] if u is not None else None, lanes, budget)
+                if t is not None:
+                    return {"style": "inner", "v": v, "u": u, "vi": t[0], "ui": t[1], "u2": None, "u2i": 1,
+                            "pack": None}
+            else:
+                t = _tile_2d(kinds[v][2], kinds[u][2], kinds[u2][2], lanes, budget)
+                if t is not None:
+                    return {"style": "inner", "v": v, "u": u, "vi": t[0], "ui": t[1], "u2": u2, "u2i": t[2],
+                            "pack": None}
 
     # 'packed'
     for v in spatial:
@@ -316,7 +351,8 @@ def _plan(sch, block, kinds, lanes, budget):
             read_index = _read_index(stmt, stmt.reads[users[0]].source)
             if read_index is None:
                 continue
-            return {"style": "packed", "v": v, "u": u, "vi": t[0], "ui": t[1], "pack": (read_index, dims[0])}
+            return {"style": "packed", "v": v, "u": u, "vi": t[0], "ui": t[1], "u2": None, "u2i": 1,
+                    "pack": (read_index, dims[0])}
     return None
 
 
@@ -444,6 +480,7 @@ def _make_rules():
         @staticmethod
         def _tiled(sch, block, before, after, kinds, plan, work, vbits):
             v, u, vi, ui = plan["v"], plan["u"], plan["vi"], plan["ui"]
+            u2, u2i = plan["u2"], plan["u2i"]
             loops, outer = {}, []   # outer: [(loop, axis index)] of the loops over tiles
             for i, (lp, kind, ext, _) in enumerate(kinds):
                 if kind != "S":
@@ -454,13 +491,16 @@ def _make_rules():
                 elif i == u and ui > 1:
                     o, n = sch.split(lp, factors=[None, ui]) if ui < ext else (None, lp)
                     loops["ui"] = n
+                elif i == u2 and u2i > 1:
+                    o, n = sch.split(lp, factors=[None, u2i]) if u2i < ext else (None, lp)
+                    loops["u2i"] = n
                 else:
                     o = lp
                 if o is not None:
                     outer.append((o, i))
             first, second, pack_outer = _order_tiles(sch, block, kinds, outer, plan)
             r_loops = [lp for lp, k, _, _ in kinds if k == "R"]
-            inner = [lp for lp in (loops.get("ui"), loops["vi"]) if lp is not None]
+            inner = [lp for lp in (loops.get("ui"), loops.get("u2i"), loops["vi"]) if lp is not None]
             sch.reorder(*first, *second, *r_loops, *inner)
             lead = sch.fuse(*first) if len(first) > 1 else (first[0] if first else None)
             last = second[-1] if second else lead
@@ -496,8 +536,9 @@ def _make_rules():
                     # packed once per tile of the vector axis; otherwise once for all, at the root
                     sch.compute_at(packed, lead, preserve_unit_loops=True)
 
-            if loops.get("ui") is not None:
-                sch.unroll(loops["ui"])
+            for key in ("ui", "u2i"):
+                if loops.get(key) is not None:
+                    sch.unroll(loops[key])
             sch.vectorize(loops["vi"])
             _maybe_parallel(sch, lead, work)
             sch.decompose_reduction(block, r_loops[0])  # after the loop kinds: the init copies them
