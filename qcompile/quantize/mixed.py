@@ -112,8 +112,12 @@ def _rank_measured(first, eval_inputs, reference, metric, bound_key, labels, pro
 
     compute = [layer.name for layer in first.quant_info["plan"].layers if _is_compute(first, layer.name)]
 
-    def score(out):  # the output cosine breaks ties of discrete metrics (agreement on a few samples)
-        return _metric(metric, reference, out, labels), _metric("cosine", reference, out, labels)
+    def score(out):
+        # Ties are broken by the cosine averaged over outputs: discrete metrics (agreement on a few samples)
+        # tie often, and the cosine budget takes the worst output, which one layer alone rarely moves when
+        # two outputs suffer from different layers.
+        return (_metric(metric, reference, out, labels),
+                float(np.mean([_mean_cosine(reference[k], out[k]) for k in reference])))
 
     base, alone = leave_one_out(first, eval_inputs, score, compute, progress=progress)
     sign = 1.0 if bound_key == "min" else -1.0
