@@ -58,6 +58,10 @@ def test_every_digits_kernel_gets_a_schedule_with_vector_lanes():
     assert "T.vectorized(" in conv and "T.unroll(" in conv and 'scope="local"' in conv
     assert "T.vectorized(" not in naive["fused_conv2d1_add1_relu1"].script()
     assert "default schedule for 8 of 8" in report.summary()
+    # the same as a module pass, under the target
+    with target:
+        passed = ds.DefaultSchedule()(state.mod)
+    assert all(f.attrs["tirx.is_scheduled"] for f in prim_funcs(passed).values())
 
 
 def test_large_kernels_run_in_parallel_small_ones_do_not(monkeypatch):
