@@ -92,24 +92,7 @@ def ort_int8_model(model_path: str, calib: dict, out_path: str, method: str = "m
         except Exception:  # noqa: BLE001 - symbolic shape inference gives up on some dynamic graphs
             quant_pre_process(model_path, pre, skip_symbolic_shape=True)
         model_path = pre
-    if method == "minmax":  # ORT's default calibration; qcompile.demo's helper
-        return demo_int8(model_path, calib, out_path)
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            n = len(next(iter(calib.values())))
-            self.items = iter([{k: v[i:i + 1] for k, v in calib.items()} for i in range(n)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    methods = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
-               "distribution": CalibrationMethod.Distribution}
-    quantize_static(model_path, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method])
-    return out_path
+    return demo_int8(model_path, calib, out_path, method)
 
 
 # ============================================================================ running

@@ -39,9 +39,11 @@ def ort_predict(sess, inputs: dict) -> np.ndarray:
     return sess.run(None, inputs)[0]
 
 
-def ort_int8_model(model_path: str, calib: dict, out_path: str) -> str:
-    """ONNX Runtime's own static int8 quantization (QDQ, per-channel, u8 activations / s8 weights)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def ort_int8_model(model_path: str, calib: dict, out_path: str, method: str = "minmax") -> str:
+    """ONNX Runtime's own static int8 quantization (QDQ, per-channel, u8 activations / s8 weights).
+    method: ORT's calibration, minmax (its default), entropy, percentile or distribution."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -51,8 +53,10 @@ def ort_int8_model(model_path: str, calib: dict, out_path: str) -> str:
         def get_next(self):
             return next(self.items, None)
 
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}
     quantize_static(model_path, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method])
     return out_path
 
 
