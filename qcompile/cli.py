@@ -298,7 +298,7 @@ def _add_bench(sub):
 
 def cmd_bench(args):
     from .runtime.artifact import Artifact
-    from .runtime.bench import benchmark
+    from .runtime.bench import benchmark, format_bench
 
     art = Artifact.load(args.artifact)
     inputs = None
@@ -339,12 +339,6 @@ def cmd_bench(args):
 
         write_csv_atomic(args.csv, result_rows(result, defaults={"model": model_name(art), "precision": precision_of(art)}))
     return 0
-
-
-def format_bench(r: dict) -> str:
-    return (f"target {r['target']}  threads {r['threads']}  repeat {r['repeat']}\n"
-            f"median {r['median_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}  "
-            f"mean {r['mean_ms']:.3f} ± {r['std_ms']:.3f}  min {r['min_ms']:.3f}")
 
 
 # ----------------------------------------------------------------------------- info / targets

@@ -103,3 +103,9 @@ def library_module(artifact):
         ex = artifact._executable
         return ex.mod if isinstance(ex, tvm.runtime.Executable) else ex
     return tvm.runtime.load_module(artifact.library_path)
+
+
+def format_bench(r: dict) -> str:
+    return (f"target {r['target']}  threads {r['threads']}  repeat {r['repeat']}\n"
+            f"median {r['median_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}  "
+            f"mean {r['mean_ms']:.3f} ± {r['std_ms']:.3f}  min {r['min_ms']:.3f}")

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+from .bench import format_bench
 from .rpc import (DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_SERVER_PORT, DEFAULT_SESSION_TIMEOUT_S, DEFAULT_TRACKER_PORT,
                   Tracker, describe_keys, parse_endpoint)
 
@@ -204,7 +205,7 @@ def cmd_remote_bench(args, artifact, inputs, write_json_atomic) -> int:
     for r in run.results:
         emulated = "  (emulated board: not a hardware timing)" if r.get("emulated") else ""
         print(f"board {r['board']}  key {r['rpc_key'] or '-'}  {r.get('board_cpu') or ''}{emulated}")
-        print("  " + format_remote(r).replace("\n", "\n  "))
+        print("  " + format_bench(r).replace("\n", "\n  "))
     multi = args.boards > 1 or len(direct) > 1
     if run.results:
         doc = run.to_json(artifact, args.rpc_key, tracker) if multi else run.results[0]
@@ -221,12 +222,6 @@ def cmd_remote_bench(args, artifact, inputs, write_json_atomic) -> int:
                       + (" and written" if args.json or args.csv else ""), file=sys.stderr)
         raise run.errors[0]
     return 0
-
-
-def format_remote(r: dict) -> str:
-    return (f"target {r['target']}  threads {r['threads']}  repeat {r['repeat']}\n"
-            f"median {r['median_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}  "
-            f"mean {r['mean_ms']:.3f} ± {r['std_ms']:.3f}  min {r['min_ms']:.3f}")
 
 
 # ----------------------------------------------------------------------------- qcompile tune --rpc-tracker ...
