@@ -443,6 +443,28 @@ def _single_reduction(sch):
     return block, blocks[:pos], blocks[pos + 1:]
 
 
+def _open_single_reduction(rule, func, target):
+    """The start every single-reduction rule shares: (schedule, block, before, after, loop kinds),
+    or None when the target is not the rule's, the function does not normalize, it has not exactly
+    one reduction block, or its loops are not plain."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    if not rule.is_target_available(target):
+        return None
+    sch = s_tir.Schedule(func)
+    if normalize_prim_func(sch) is None:
+        return None
+    found = _single_reduction(sch)
+    if found is None:
+        return None
+    block, before, after = found
+    kinds = _loop_kinds(sch, block)
+    if kinds is None:
+        return None
+    return sch, block, before, after, kinds
+
+
 def _make_rules():
     """The rule classes (defined lazily: their base class needs tvm)."""
     from tvm import s_tir
@@ -453,17 +475,11 @@ def _make_rules():
         """conv2d, matmul, pooling: register tiles, local accumulators, fused epilogue."""
 
         def apply(self, func, target, _tunable):
-            if not self.is_target_available(target):
+            opened = _open_single_reduction(self, func, target)
+            if opened is None:
                 return None
-            sch = s_tir.Schedule(func)
-            if normalize_prim_func(sch) is None:
-                return None
-            found = _single_reduction(sch)
-            if found is None:
-                return None
-            block, before, after = found
-            kinds = _loop_kinds(sch, block)
-            if kinds is None or not any(k == "R" for _, k, _, _ in kinds):
+            sch, block, before, after, kinds = opened
+            if not any(k == "R" for _, k, _, _ in kinds):
                 return None
             vbits = vector_bits(target)
             lanes = max(2, vbits // _bits(sch.get(block).writes[0].source.dtype))
@@ -551,18 +567,10 @@ def _make_rules():
         row sum): parallel over the outputs, the reduction serial, the epilogue at the same loop."""
 
         def apply(self, func, target, _tunable):
-            if not self.is_target_available(target):
+            opened = _open_single_reduction(self, func, target)
+            if opened is None:
                 return None
-            sch = s_tir.Schedule(func)
-            if normalize_prim_func(sch) is None:
-                return None
-            found = _single_reduction(sch)
-            if found is None:
-                return None
-            block, before, after = found
-            kinds = _loop_kinds(sch, block)
-            if kinds is None:
-                return None
+            sch, block, before, after, kinds = opened
             spatial = [lp for lp, k, _, _ in kinds if k == "S"]
             r_loops = [lp for lp, k, _, _ in kinds if k == "R"]
             if not spatial or not r_loops:
@@ -599,18 +607,10 @@ def _make_rules():
         parallel when the kernel is large; LLVM vectorizes the inner loop itself."""
 
         def apply(self, func, target, _tunable):
-            if not self.is_target_available(target):
+            opened = _open_single_reduction(self, func, target)
+            if opened is None:
                 return None
-            sch = s_tir.Schedule(func)
-            if normalize_prim_func(sch) is None:
-                return None
-            found = _single_reduction(sch)
-            if found is None:
-                return None
-            block, before, after = found
-            kinds = _loop_kinds(sch, block)
-            if kinds is None:
-                return None
+            sch, block, before, after, kinds = opened
             spatial = [lp for lp, k, _, _ in kinds if k == "S"]
             reduce_ = [lp for lp, k, _, _ in kinds if k == "R"]
             if not spatial:
