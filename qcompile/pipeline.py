@@ -189,7 +189,11 @@ def lower_passes(target):
 
 
 def stage_lower(state: CompileState):
-    state.mod = _apply(lower_passes(state.target.tvm()), state)
+    """Pack the dense weights for the target's dot-product intrinsics (none: a no-op), then legalize
+    and fuse."""
+    from .intrin.pack import PackDenseWeights
+
+    state.mod = _apply([PackDenseWeights(state.target.intrinsics)] + lower_passes(state.target.tvm()), state)
 
 
 def stage_apply_records(state: CompileState):

@@ -430,6 +430,82 @@ def _read_index(stmt, buffer):
     return None
 
 
+
+# ----------------------------------------------------------------------------- tensorized dense
+
+def _dot_intrin_of(sch, block):
+    """The DotIntrin a packed dense block is annotated with (qcompile.intrin.pack), else None."""
+    from ..intrin import DOT_INTRINSICS
+    from ..intrin.pack import ANNOTATION
+
+    name = sch.get(block).annotations.get(ANNOTATION)
+    return DOT_INTRINSICS.get(str(name)) if name is not None else None
+
+
+def _dot_tile(rows: int, blocks: int, registers: int):
+    """(ui, nv): ui rows x nv intrinsic blocks of accumulators, exact divisors of `rows` and
+    `blocks`, within the registers (accumulators + nv weight vectors + a broadcast and a temporary).
+    Most multiply-adds per load first, then the most accumulators, then the wider nv (a weight
+    vector load is cheaper than an activation broadcast)."""
+    best = None
+    for ui in _divisors(rows):
+        for nv in _divisors(blocks):
+            if ui * nv + nv + 2 > registers:
+                continue
+            key = (ui * nv / (ui + nv), ui * nv, nv)
+            if best is None or key > best[0]:
+                best = (key, ui, nv)
+    return best[1], best[2]
+
+
+def _schedule_tensorized_dense(sch, block, before, after, kinds, intrin, target):
+    """Tile [rows x (nv * lanes)] of int32 accumulators over the packed K, one `intrin` call per
+    (row, block, k step); the tile loops ordered for cache reuse; the epilogue per tile."""
+    from ..intrin import ensure_registered
+
+    spatial = [(lp, e) for lp, k, e, _ in kinds if k == "S"]
+    reduce_ = [(lp, e) for lp, k, e, _ in kinds if k == "R"]
+    if len(reduce_) != 1 or not spatial or spatial[-1][1] % intrin.lanes or reduce_[0][1] % intrin.k:
+        return None
+    ensure_registered(intrin)
+    (n_loop, n_ext), (r_loop, r_ext) = spatial[-1], reduce_[0]
+    lead = [lp for lp, _ in spatial[:-1]]
+    rows = math.prod(e for _, e in spatial[:-1])
+    ui, nv = _dot_tile(rows, n_ext // intrin.lanes, vector_registers(target))
+    m_loop = (sch.fuse(*lead) if len(lead) > 1 else lead[0]) if lead else None
+    mo, mi = sch.split(m_loop, factors=[None, ui]) if m_loop is not None else (None, None)
+    no, nvl, ni = sch.split(n_loop, factors=[None, nv, intrin.lanes])
+    ro, ri = sch.split(r_loop, factors=[None, intrin.k])
+    # weights [Np, Kp] and activations [rows, Kp]: read once the one whose tile loop is outside
+    w_bytes, a_bytes = n_ext * r_ext, rows * r_ext
+    n_tiles, m_tiles = n_ext // (nv * intrin.lanes), rows // ui
+    tiles = [no, mo] if w_bytes + n_tiles * a_bytes <= a_bytes + m_tiles * w_bytes else [mo, no]
+    tiles = [lp for lp in tiles if lp is not None]
+    inner = [lp for lp in (mi, nvl) if lp is not None]
+    sch.reorder(*tiles, ro, *inner, ni, ri)
+
+    # the intrinsics' buffers are "global": a tile-sized buffer LLVM keeps in registers once unrolled
+    local = sch.cache_write(block, 0, "global")
+    writer, after_left = local, list(after)
+    if len(after) == 1:
+        try:
+            sch.compute_inline(local)
+            writer, after_left = after[0], []
+        except Exception:  # noqa: BLE001 - epilogue not 1:1 with the outputs: keep the copy
+            pass
+    sch.reverse_compute_at(writer, tiles[-1], preserve_unit_loops=True)
+    vbits = vector_bits(target)
+    _vectorize_if_whole(sch, sch.get_loops(writer)[-1], max(2, vbits // _block_bits(sch, writer)))
+    for lp in inner:
+        sch.unroll(lp)
+    _maybe_parallel(sch, tiles[0], rows * n_ext * r_ext)
+    init = sch.decompose_reduction(block, ro)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(ni, intrin.name)
+    for b in before + after_left:
+        schedule_injective_block(sch, b, vbits)
+    return sch
+
 # ----------------------------------------------------------------------------- rules
 
 def _single_reduction(sch):
@@ -470,6 +546,21 @@ def _make_rules():
     from tvm import s_tir
     from tvm.s_tir.dlight.analysis import normalize_prim_func
     from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+    class TensorizedDense(CPUScheduleRule):
+        """A dense layer whose weights qcompile.intrin.pack packed for a dot-product intrinsic (its
+        reduction block names the intrinsic): register tiles of rows x blocks of lanes, each step of
+        the reduction one intrinsic call per row and block (vpdpbusd, vpmaddwd, sdot)."""
+
+        def apply(self, func, target, _tunable):
+            opened = _open_single_reduction(self, func, target)
+            if opened is None:
+                return None
+            sch, block, before, after, kinds = opened
+            intrin = _dot_intrin_of(sch, block)
+            if intrin is None:
+                return None
+            return _schedule_tensorized_dense(sch, block, before, after, kinds, intrin, target)
 
     class TiledReduction(CPUScheduleRule):
         """conv2d, matmul, pooling: register tiles, local accumulators, fused epilogue."""
@@ -706,7 +797,8 @@ def _make_rules():
                     _maybe_parallel(sch, fused, math.prod(e for _, _, e, _ in kinds))
             return sch
 
-    return {"TiledReduction": TiledReduction, "RowReduction": RowReduction, "Untiled": Untiled,
+    return {"TensorizedDense": TensorizedDense, "TiledReduction": TiledReduction, "RowReduction": RowReduction,
+            "Untiled": Untiled,
             "MultiReduction": MultiReduction, "Injective": Injective, "Fallback": Fallback}
 
 
@@ -741,7 +833,7 @@ def default_rules() -> list:
         from tvm.s_tir import dlight
 
         mine = _make_rules()
-        _RULES = [mine["TiledReduction"](), mine["RowReduction"](), mine["Untiled"](),
+        _RULES = [mine["TensorizedDense"](), mine["TiledReduction"](), mine["RowReduction"](), mine["Untiled"](),
                   mine["MultiReduction"](dlight.cpu.Reduction()), mine["Injective"](), mine["Fallback"]()]
     return list(_RULES)
 

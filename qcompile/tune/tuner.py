@@ -208,6 +208,65 @@ def serial_space(space):
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=list(space.postprocs), mutator_probs=mutators)
 
 
+def with_dot_intrinsics(space, intrinsics):
+    """The same search space, tensorizing qcompile's packed dense kernels with the target's intrinsics.
+
+    For each dot intrinsic in `intrinsics` (a target's ``intrinsics:``), ``MultiLevelTilingWithIntrin
+    (name, "SSRSRS")`` is tried before the generic MultiLevelTiling, only on the reduction blocks
+    ``qcompile.intrin.pack`` annotated with that intrinsic: their weights are packed in its block
+    layout. (On a row-major weight, tensorize builds but reads the wrong bytes.) TVM's own intrinsic
+    rules are dropped: on AVX-512 VNNI targets MetaSchedule adds ``dot_16x4_vnni``, which the LLVM
+    in the wheel cannot build. ``RewriteTensorize(vectorize_init_loop=True)`` puts the intrinsic in
+    place after sampling and vectorizes the accumulator's zeroing.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from ..intrin import dot_intrins, ensure_registered
+
+    rules = [r for r in space.sch_rules if type(r).__name__ != "MultiLevelTilingWithIntrin"]
+    ours = []
+    for intrin in dot_intrins(intrinsics):
+        ensure_registered(intrin)
+        ours.append(_packed_dot_tiling(intrin.name))
+    first_mlt = next((i for i, r in enumerate(rules) if type(r).__name__ == "MultiLevelTiling"), len(rules))
+    rules[first_mlt:first_mlt] = ours
+    postprocs = [p for p in space.postprocs if type(p).__name__ != "RewriteTensorize"]
+    if ours:
+        postprocs.append(ms.postproc.RewriteTensorize(vectorize_init_loop=True))
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs,
+                                             mutator_probs={m: float(p) for m, p in space.mutator_probs.items()})
+
+
+def _packed_dot_tiling(intrin_name: str):
+    """MultiLevelTilingWithIntrin(intrin_name, "SSRSRS"), applied only to blocks annotated with it."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    from ..intrin.pack import ANNOTATION
+
+    @derived_object
+    class PackedDotTiling(ms.schedule_rule.PyScheduleRule):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+            self.inner = ms.schedule_rule.MultiLevelTilingWithIntrin(
+                name, structure="SSRSRS", tile_binds=None, max_innermost_factor=64, vector_load_lens=None,
+                reuse_read=None, reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global"))
+
+        def _initialize_with_tune_context(self, context):
+            self.inner._initialize_with_tune_context(context)
+
+        def apply(self, sch, block):
+            if str(sch.get(block).annotations.get(ANNOTATION, "")) != self.name:
+                return [sch]
+            return list(self.inner.apply(sch, block))
+
+        def clone(self):
+            return PackedDotTiling(self.name)
+
+    return PackedDotTiling(intrin_name)
+
+
 # ----------------------------------------------------------------------------- builder / runner
 
 def use_cpu_tensor_intrinsics(target=None):
@@ -420,6 +479,7 @@ def tune(model, target="auto", records_dir: str | None = None, trials: int | Non
     Returns a TuneReport; tasks with measurements but no valid one are in report.failed. Ctrl-C stops
     the run: the report comes back with interrupted=True and the records found so far are kept.
     """
+    from ..intrin import dot_intrins
     from ..target import load_target
 
     start = time.perf_counter()
@@ -485,10 +545,15 @@ def tune(model, target="auto", records_dir: str | None = None, trials: int | Non
 
         _quiet_meta_schedule(verbose)
         space = tuning.space
-        if threads == 1 and space == "post-order-apply":
+        packs = bool(dot_intrins(spec.intrinsics))  # the lower stage packed weights for these
+        if space == "post-order-apply" and (threads == 1 or packs):
             template = ms.TuneContext(mod=tasks[0].dispatched[0], target=tvm_target, space_generator=space,
                                       search_strategy="replay-trace", task_name="template")
-            space = serial_space(template.space_generator)
+            space = template.space_generator
+            if threads == 1:
+                space = serial_space(space)
+            if packs:
+                space = with_dot_intrinsics(space, spec.intrinsics)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir, space=space, strategy=strategy, seed=seed)
         if own_builder:
