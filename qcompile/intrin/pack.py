@@ -9,8 +9,9 @@ block. The matmul becomes a ``call_tir`` of
 
     acc[..., n] = sum_{r < Kp} int32(x[..., r]) * int32(Wp[n / lanes, r / k, n % lanes, r % k])
 
-(``x`` padded with zeros along K when K is not a multiple of k; ``acc`` cut back to N columns when
-N is not a multiple of lanes), whose reduction block is annotated with the intrinsic's name
+(``x`` padded with zeros along K by an ``nn.pad`` of its own when K is not a multiple of k: inside
+the dense kernel MetaSchedule may inline the padding into the reduction, which then no longer matches
+the intrinsic; ``acc`` cut back to N columns when N is not a multiple of lanes), whose reduction block is annotated with the intrinsic's name
 (``qcompile.dot_intrin``). Legalization fuses the bias and requantize epilogue into it as before;
 the default schedule and the tuner tensorize blocks carrying that annotation. The padding adds
 zero products, so results are bit-exact.
@@ -41,16 +42,15 @@ def pack_weight(w: np.ndarray, lanes: int, k: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(kp // k, k, np_ // lanes, lanes).transpose(2, 0, 3, 1))
 
 
-def packed_dense_te(x, wp, n: int, k: int, intrin_name: str):
-    """The TE compute of the packed dense: x [..., k] times Wp -> int32 [..., n] (see the module doc)."""
-    from tvm import te, tirx
+def packed_dense_te(x, wp, n: int, intrin_name: str):
+    """The TE compute of the packed dense: x [..., Kp] (already padded) times Wp -> int32 [..., n]."""
+    from tvm import te
 
     blocks_n, blocks_k, lanes, kb = (int(d) for d in wp.shape)
     kp, np_ = blocks_k * kb, blocks_n * lanes
     lead = list(x.shape[:-1])
-    if kp != k:
-        zero = tirx.const(0, x.dtype)
-        x = te.compute(lead + [kp], lambda *i: tirx.if_then_else(i[-1] < k, x[i], zero), name="qcompile_pad_k")
+    if int(x.shape[-1]) != kp:
+        raise ValueError(f"packed dense: x has {x.shape[-1]} columns, the packed weight {kp}")
     r = te.reduce_axis((0, kp), name="r")
 
     def dot(*i):
@@ -110,7 +110,11 @@ def PackDenseWeights(intrinsics):  # noqa: N802 - a pass factory, as TVM names t
             kk, n = (int(d) for d in w.value.shape)
             wp = pack_weight(w.value.numpy(), intrin.lanes, intrin.k)
             self.packed += 1
-            return self.builder_.call_te(packed_dense_te, x, relax.const(wp), n, kk, intrin.name,
+            if kk % intrin.k:  # a kernel of its own: padding inside the dense kernel is no tensorize pattern
+                ndim = len(x.ty.shape.values)
+                x = self.builder_.emit(relax.op.nn.pad(x, [0] * (2 * ndim - 1) + [wp.shape[1] * intrin.k - kk]),
+                                       "x_pad_k")
+            return self.builder_.call_te(packed_dense_te, x, relax.const(wp), n, intrin.name,
                                          primfunc_name_hint="qcompile_packed_dense")
 
     @tvm.transform.module_pass(opt_level=0, name="qcompile.PackDenseWeights")
