@@ -27,13 +27,18 @@ def offload(mod, target, *, config: AccelConfig | None = None):
     statistics, the integer layers left on the CPU (and why), and totals.
     """
     from .partition import OffloadToAccel
+    from .runtime import FUNC_NAME
 
     cfg = config if config is not None else config_of(target)
     if cfg is None:
         name = getattr(target, "name", target)
         raise ValueError(f"target '{name}' has no 'accelerator:' section")
+    if already_offloaded(mod):
+        raise ValueError(f"the module already calls {FUNC_NAME}: offload runs once per module. The pipeline's "
+                         "'offload' stage does it for every target with an 'accelerator:' section, so remove "
+                         "the offload pass you added (a second one would report nothing offloaded)")
     report: dict = {"core": cfg.name, "description": cfg.describe(), "config": cfg.to_json(),
-                    "function": "qcompile.accel.run", "runtime_module": "qcompile.accel.runtime",
+                    "function": FUNC_NAME, "runtime_module": "qcompile.accel.runtime",
                     "layers": [], "cpu_layers": []}
     mod = OffloadToAccel(cfg, report)(mod)
     report["totals"] = totals(report["layers"], cfg)
@@ -49,6 +54,24 @@ def offload(mod, target, *, config: AccelConfig | None = None):
     if report["cpu_layers"]:
         report["note"] += f"; {len(report['cpu_layers'])} integer layer(s) kept on the CPU"
     return mod, report
+
+
+def already_offloaded(mod) -> bool:
+    """Whether a Relax function of `mod` already calls the accelerator runtime function."""
+    from tvm import relax
+
+    from .runtime import FUNC_NAME
+
+    found = []
+
+    def visit(expr):
+        if isinstance(expr, relax.ExternFunc) and expr.global_symbol == FUNC_NAME:
+            found.append(expr)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return bool(found)
 
 
 def offload_stage(state) -> None:

@@ -22,21 +22,18 @@ QC = dict(activation_dtype="int8", symmetric_activations=True)
 
 
 def compile_with(model, target, calib, qconfig=QC, out_dir=None):
-    """Compile `model`; on an accelerator target the offload pass runs right after realize.
+    """Compile `model`; on an accelerator target the pipeline's offload stage runs right after realize.
 
-    Returns (artifact, offload report); report["realized"] is the module before offloading."""
+    Returns (artifact, offload report from the artifact's metadata); report["realized"] is the
+    module before offloading, report["offloaded"] the one after."""
     spec = load_target(target)
-    report = {}
+    mods = {}
     pipe = qcompile.Pipeline(target=spec, qconfig=QConfig(**qconfig) if qconfig is not None else None, progress=False)
-    if spec.accelerator is not None:
-        def hook(mod):
-            report["realized"] = mod
-            new, rep = offload(mod, spec)
-            report.update(rep)
-            report["offloaded"] = new
-            return new
-        pipe.add_pass(hook, after="realize" if qconfig is not None else "preprocess")
+    pipe.add_pass(lambda mod: mods.setdefault("realized", mod), before="offload")
+    pipe.add_pass(lambda mod: mods.setdefault("offloaded", mod), after="offload")
     art = pipe.run(model, out_dir=out_dir, calib=calib)
+    report = dict(art.metadata.get("accelerator") or {})
+    report.update(mods)
     return art, report
 
 
@@ -176,6 +173,17 @@ def test_nothing_to_offload_still_runs_and_says_so(mixed_vta, tmp_path):
     reasons = [l["reason"] for l in report["cpu_layers"]]
     assert len(reasons) == 4 and all("no MUL" in r for r in reasons), reasons
     tvm.ir.assert_structural_equal(mod, realized)          # untouched: it runs exactly as the CPU build
+
+
+def test_offloading_twice_is_an_error_not_an_empty_report(mixed_vta):
+    """A user pass that offloads before the pipeline's offload stage used to leave the stage nothing
+    to do: the artifact then said 'nothing to offload' and bench reported 0 cycles."""
+    _, report, _ = mixed_vta
+    spec = load_target("vta_sim")
+    with pytest.raises(ValueError, match="already calls qcompile.accel.run.*remove the offload pass"):
+        offload(report["offloaded"], spec)
+    mod, again = offload(report["realized"], spec)        # the realized module itself still offloads
+    assert len(again["layers"]) == len(report["layers"]) > 0
 
 
 def test_accelerator_section_is_validated(tmp_path):
