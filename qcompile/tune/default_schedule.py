@@ -506,6 +506,76 @@ def _schedule_tensorized_dense(sch, block, before, after, kinds, intrin, target)
         schedule_injective_block(sch, b, vbits)
     return sch
 
+
+# ----------------------------------------------------------------------------- tensorized conv
+
+def _schedule_tensorized_conv(sch, block, before, after, kinds, intrin, target):
+    """A conv qcompile.intrin.pack_conv packed (acc[n, y, x, o] over kh, kw, c with the packed weight
+    6-D): a register tile of ui output columns x nv blocks of lanes output channels, each step of the
+    reduction (kh, kw, c / k) one `intrin` call per column and block; the tile loops ordered for cache
+    reuse; the NCHW write and the fused epilogue per tile."""
+    from ..intrin import ensure_registered
+
+    stmt = sch.get(block)
+    w_read = [r for r in stmt.reads if len(r.source.shape) == 6]
+    a_read = [r for r in stmt.reads if len(r.source.shape) == 4]
+    out = stmt.writes[0].region
+    if len(w_read) != 1 or len(a_read) != 1 or len(out) != 4:
+        return None
+
+    def loop_at(index):  # the (loop, extent) whose block var is `index`; (None, 1) for a constant
+        for lp, _, e, var in kinds:
+            if var is not None and index.same_as(var):
+                return lp, e
+        return (None, 1) if _is_const(index) else (False, 0)
+
+    (x_loop, x_ext), (o_loop, o_ext) = loop_at(out[2].min), loop_at(out[3].min)
+    c_loop, c_ext = loop_at(a_read[0].region[3].min)
+    if not o_loop or not c_loop or x_loop is False or o_ext % intrin.lanes or c_ext % intrin.k:
+        return None
+    ensure_registered(intrin)
+    taken = [lp for lp in (x_loop, o_loop, c_loop) if lp is not None]
+    unit = [lp for lp, _, _, var in kinds if var is None]
+    rows = [lp for lp, k, _, var in kinds if k == "S" and var is not None and not any(lp.same_as(t) for t in taken)]
+    reduce_ = [lp for lp, k, _, _ in kinds if k == "R" and not lp.same_as(c_loop)]
+    ui, nv = _dot_tile(x_ext, o_ext // intrin.lanes, vector_registers(target))
+    xo, xi = sch.split(x_loop, factors=[None, ui]) if x_loop is not None else (None, None)
+    oo, ov, oi = sch.split(o_loop, factors=[None, nv, intrin.lanes])
+    co, ci = sch.split(c_loop, factors=[None, intrin.k])
+    # weights [Op, KH, KW, Cp] against activations: read once the one whose tile loop is outside
+    w_bytes, a_bytes = _buffer_bytes(w_read[0].source), _buffer_bytes(a_read[0].source)
+    spatial_tiles = [lp for lp in rows + [xo] if lp is not None]
+    n_o_tiles = o_ext // (nv * intrin.lanes)
+    n_s_tiles = math.prod(_extent(sch, lp) or 1 for lp in spatial_tiles)
+    if w_bytes + n_o_tiles * a_bytes <= a_bytes + n_s_tiles * w_bytes:
+        tiles = [oo] + spatial_tiles
+    else:
+        tiles = spatial_tiles + [oo]
+    inner = [lp for lp in (xi, ov) if lp is not None]
+    sch.reorder(*unit, *tiles, *reduce_, co, *inner, oi, ci)
+
+    # the intrinsics' buffers are "global": a tile-sized buffer LLVM keeps in registers once unrolled
+    local = sch.cache_write(block, 0, "global")
+    writer, after_left = local, list(after)
+    if len(after) == 1:
+        try:
+            sch.compute_inline(local)
+            writer, after_left = after[0], []
+        except Exception:  # noqa: BLE001 - epilogue not 1:1 with the outputs: keep the copy
+            pass
+    sch.reverse_compute_at(writer, tiles[-1], preserve_unit_loops=True)
+    vbits = vector_bits(target)
+    _vectorize_if_whole(sch, sch.get_loops(writer)[-1], max(2, vbits // _block_bits(sch, writer)))
+    for lp in inner:
+        sch.unroll(lp)
+    _maybe_parallel(sch, tiles[0], math.prod(e for _, _, e, _ in kinds))
+    init = sch.decompose_reduction(block, (reduce_ or [co])[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(oi, intrin.name)
+    for b in before + after_left:
+        schedule_injective_block(sch, b, vbits)
+    return sch
+
 # ----------------------------------------------------------------------------- rules
 
 def _single_reduction(sch):
@@ -561,6 +631,22 @@ def _make_rules():
             if intrin is None:
                 return None
             return _schedule_tensorized_dense(sch, block, before, after, kinds, intrin, target)
+
+    class TensorizedConv(CPUScheduleRule):
+        """A conv2d whose weights qcompile.intrin.pack_conv packed for a dot-product intrinsic (its
+        reduction block names the intrinsic, its weight is 6-D): register tiles of output columns x
+        blocks of lanes output channels, one intrinsic call per column, block and step of the
+        reduction."""
+
+        def apply(self, func, target, _tunable):
+            opened = _open_single_reduction(self, func, target)
+            if opened is None:
+                return None
+            sch, block, before, after, kinds = opened
+            intrin = _dot_intrin_of(sch, block)
+            if intrin is None:
+                return None
+            return _schedule_tensorized_conv(sch, block, before, after, kinds, intrin, target)
 
     class TiledReduction(CPUScheduleRule):
         """conv2d, matmul, pooling: register tiles, local accumulators, fused epilogue."""
@@ -797,7 +883,7 @@ def _make_rules():
                     _maybe_parallel(sch, fused, math.prod(e for _, _, e, _ in kinds))
             return sch
 
-    return {"TensorizedDense": TensorizedDense, "TiledReduction": TiledReduction, "RowReduction": RowReduction,
+    return {"TensorizedConv": TensorizedConv, "TensorizedDense": TensorizedDense, "TiledReduction": TiledReduction, "RowReduction": RowReduction,
             "Untiled": Untiled,
             "MultiReduction": MultiReduction, "Injective": Injective, "Fallback": Fallback}
 
@@ -833,7 +919,7 @@ def default_rules() -> list:
         from tvm.s_tir import dlight
 
         mine = _make_rules()
-        _RULES = [mine["TensorizedDense"](), mine["TiledReduction"](), mine["RowReduction"](), mine["Untiled"](),
+        _RULES = [mine["TensorizedConv"](), mine["TensorizedDense"](), mine["TiledReduction"](), mine["RowReduction"](), mine["Untiled"](),
                   mine["MultiReduction"](dlight.cpu.Reduction()), mine["Injective"](), mine["Fallback"]()]
     return list(_RULES)
 
