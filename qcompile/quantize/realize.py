@@ -65,6 +65,7 @@ class Realizer:
         self.int_map: dict = {}
         self.realized: dict = {}
         self.kept_float: dict = {}  # layer name -> why its rule kept it in fp32 after calibration
+        self.sim_dtype: dict = {}   # simulate mode: var -> the code dtype whose grid it was fake-quantized on
         self._by_anchor = {layer.anchor: layer for layer in plan.layers}
         self._absorbed = {b.var for layer in plan.layers for b in layer.bindings[1:]}
 
@@ -116,7 +117,19 @@ class Realizer:
     # ------------------------------------------------------------------ simulation (fake quant)
     def _simulate(self, layer):
         """The layer in float on fake-quantized values: quantize->dequantize on its activation inputs and
-        output, weights replaced by their dequantized codes. For debugging realize against the same grid."""
+        output, weights replaced by their dequantized codes. For debugging realize against the same grid.
+
+        An exact layer (reshape, transpose, ReLU...) is what realize makes of it: realize runs it on its
+        input's codes, keeping their dtype and grid (int16 codes stay int16 between two int16 layers), and
+        leaves it in float when its input is float. So it adds no fake quantization of its own here."""
+        if layer.rule.kind == "exact":
+            for b in layer.bindings:
+                self.float_map[b.var] = self.bb.emit(self._remap(b.value), name_hint=b.var.name)
+            src = self.sim_dtype.get(layer.inputs[0]) if layer.inputs else None
+            if src is not None:
+                self.sim_dtype[layer.out] = src
+                self.realized[layer.name] = f"sim-{src}"
+            return
         dtype = self.act_dtype(layer)
         for v in layer.inputs:
             self.float_map[v] = self._fake_quant(self.float_of(v), v, dtype)
@@ -126,6 +139,7 @@ class Realizer:
                 value = self._with_fake_weight(layer, value)
             self.float_map[b.var] = self.bb.emit(self._remap(value), name_hint=b.var.name)
         self.float_map[layer.out] = self._fake_quant(self.float_map[layer.out], layer.out, dtype)
+        self.sim_dtype[layer.out] = dtype
         self.realized[layer.name] = f"sim-{dtype}"
 
     def _fake_quant(self, expr, var, dtype):
