@@ -79,19 +79,20 @@ def search(pipe, state):
     value = score(first.artifact)
     trials = [{"moved": [], "precision": qconfig.precision, "value": value, "ok": passes(value)}]
     chosen, ranking = first, []
-    sensitivity = {}
+    sensitivity, together = {}, {}
     if not passes(value):
         if metric == "score":  # the user's eval_fn takes an artifact: rank by the SNR proxy
             ranking = _rank_by_snr(first, eval_inputs)
         else:
-            ranking, sensitivity = _rank_measured(first, eval_inputs, reference, metric, bound_key, labels,
-                                                  state.progress)
+            ranking, sensitivity, together = _rank_measured(first, eval_inputs, reference, metric, bound_key,
+                                                            labels, state.progress)
         chosen = _shortest_prefix(ranking, qconfig, trial, score, passes, trials) or first
     report = {"metric": metric, bound_key: bound, "fp32_reference": "fp32 outputs on %d held-out samples"
               % len(next(iter(eval_inputs.values()))), "trials": trials, "ranking": ranking,
-              "ranking_method": "measured: metric with each layer alone in float (gated simulation)"
+              "ranking_method": "measured: metric with each layer alone, and each shared tensor's producer "
+              "with its consumers, in float (gated simulation)"
               if sensitivity else "snr_drop_db of the layer error report",
-              "sensitivity": sensitivity,
+              "sensitivity": sensitivity, "sensitivity_together": together,
               "moved": chosen.quant_info.get("precision_overrides", {}), "met": any(t["ok"] for t in trials)}
     _print(report)
     chosen.out_dir = out_dir
@@ -107,10 +108,18 @@ def search(pipe, state):
 
 def _rank_measured(first, eval_inputs, reference, metric, bound_key, labels, progress):
     """Compute layers by measured gain: the metric with the layer alone in float minus the metric of
-    the all-quantized simulation (sign flipped for 'max' budgets). Returns (ranking, {layer: gain})."""
-    from .sensitivity import leave_one_out
+    the all-quantized simulation (sign flipped for 'max' budgets). Returns (ranking, {layer: gain},
+    {"producer+consumers": gain} of the shared-tensor groups that gain more together than alone).
 
-    compute = [layer.name for layer in first.quant_info["plan"].layers if _is_compute(first, layer.name)]
+    Leave-one-out misses a tensor quantized on both sides of it (an outlier-range FFN output read by
+    the residual add, on MiniLM): each side alone changes nothing, the pair changes a lot. So every
+    producer is also measured together with the quantized layers that read its output
+    (``sensitivity.shared_tensor_groups``), and a group that gains more than its members' gains
+    summed enters the ranking as one unit, at its gain."""
+    from .sensitivity import leave_out, shared_tensor_groups
+
+    plan = first.quant_info["plan"]
+    compute = [layer.name for layer in plan.layers if _is_compute(first, layer.name)]
 
     def score(out):
         # Ties are broken by the cosine averaged over outputs: discrete metrics (agreement on a few samples)
@@ -119,11 +128,23 @@ def _rank_measured(first, eval_inputs, reference, metric, bound_key, labels, pro
         return (_metric(metric, reference, out, labels),
                 float(np.mean([_mean_cosine(reference[k], out[k]) for k in reference])))
 
-    base, alone = leave_one_out(first, eval_inputs, score, compute, progress=progress)
+    groups = [(name,) for name in compute] + shared_tensor_groups(plan, compute)
+    base, measured = leave_out(first, eval_inputs, score, groups, progress=progress)
     sign = 1.0 if bound_key == "min" else -1.0
-    gain = {name: (sign * (v - base[0]), c - base[1]) for name, (v, c) in alone.items()}
-    ranking = sorted(gain, key=lambda name: (-gain[name][0], -gain[name][1]))  # stable: ties keep graph order
-    return ranking, {name: round(g[0], 6) for name, g in gain.items()}
+    gain = {g: (sign * (v - base[0]), c - base[1]) for g, (v, c) in measured.items()}
+    alone = {g[0]: v for g, v in gain.items() if len(g) == 1}
+
+    def summed(g):
+        return tuple(sum(max(alone.get(n, (0.0, 0.0))[i], 0.0) for n in g) for i in range(2))
+
+    together = {g: v for g, v in gain.items() if len(g) > 1 and v[0] > 0 and v > summed(g)}
+    units = [g for g in gain if len(g) == 1 or g in together]  # graph order; the sort below is stable
+    ranking: list = []
+    for g in sorted(units, key=lambda g: (-gain[g][0], -gain[g][1])):
+        members = sorted(g, key=lambda n: (-alone.get(n, (0.0, 0.0))[0], -alone.get(n, (0.0, 0.0))[1]))
+        ranking.extend(n for n in members if n not in ranking)
+    return (ranking, {name: round(g[0], 6) for name, g in alone.items()},
+            {"+".join(g): round(v[0], 6) for g, v in together.items()})
 
 
 def _rank_by_snr(first, eval_inputs):

@@ -103,18 +103,55 @@ def leave_one_out(state, eval_inputs: dict, score, candidates, progress: bool = 
     score -- fn({output name: array}) -> float, the budget metric against the fp32 reference
     candidates -- names of the layers to measure
     """
-    model = GatedModel(state)
+    base, result = leave_out(state, eval_inputs, score, [(c,) for c in candidates], progress=progress)
+    return base, {group[0]: value for group, value in result.items()}
+
+
+def leave_out(state, eval_inputs: dict, score, groups, progress: bool = True, model=None) -> tuple[float, dict]:
+    """(score of the all-quantized simulation, {group: score with every layer of that group in float}).
+
+    groups -- tuples of layer names; a group naming a layer the simulation does not quantize is skipped
+    model  -- a GatedModel of `state` already built (else one is built)
+    """
+    model = model or GatedModel(state)
     ones = np.ones(len(model.layers), np.float32)
     base = score(model.run(eval_inputs, ones))
-    names = [c for c in candidates if c in model.simulated]
-    it = names
+    groups = [tuple(g) for g in groups if all(name in model.simulated for name in g)]
+    it = groups
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(names, desc="layer sensitivity", unit="layer", leave=False)
+        it = tqdm(groups, desc="layer sensitivity", unit="run", leave=False)
     result = {}
-    for name in it:
+    for group in it:
         g = ones.copy()
-        g[model.layers.index(name)] = 0.0
-        result[name] = score(model.run(eval_inputs, g))
+        for name in group:
+            g[model.layers.index(name)] = 0.0
+        result[group] = score(model.run(eval_inputs, g))
     return base, result
+
+
+def shared_tensor_groups(plan, candidates) -> list[tuple]:
+    """For each candidate layer whose output other candidates read (directly or through exact layers
+    such as reshape/transpose, which run on the codes they are given): (producer, *consumers).
+
+    Such a tensor is quantized twice on the way, at the producer's output and at each consumer's input,
+    and its codes keep the coarser grid of the two: an int8 producer feeding an int16 consumer hands
+    it int8 codes, and an int16 producer feeding an int8 consumer is requantized to int8. Moving one
+    side alone (or leaving it alone in float) therefore removes nothing of that tensor's error; only
+    moving the group does. Leave-one-out cannot see it, so the group is measured as one."""
+    wanted = set(candidates)
+    producer = {layer.out: layer for layer in plan.layers}
+    consumers: dict = {}
+    for layer in plan.layers:
+        if layer.name not in wanted:
+            continue
+        for v in layer.inputs:
+            src = producer.get(v)
+            while src is not None and src.rule.kind == "exact" and src.inputs:
+                src = producer.get(src.inputs[0])
+            if src is not None and src.name in wanted and src.name != layer.name:
+                names = consumers.setdefault(src.name, [])
+                if layer.name not in names:
+                    names.append(layer.name)
+    return [(name, *consumers[name]) for name in candidates if name in consumers]
