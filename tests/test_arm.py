@@ -264,14 +264,16 @@ def test_cross_compile_gives_aarch64_elf(tmp_path, target, precision):
 
 @pytest.mark.parametrize("target", ARM_TARGETS)
 def test_int8_model_kernels_use_the_targets_dot_product(target):
-    """The realized int8 model without the default schedule (records where schedules/<target> has
-    them, else TVM's loop nests): LLVM vectorizes its int8 reductions into sdot with +dotprod, and
-    into widening multiplies (smull/smlal) without it. The default schedule vectorizes along output
-    channels instead and gives smull/smlal even with +dotprod (rpi5 has no records): a known gap."""
+    """The realized int8 model as compile builds it without records: the lower stage packs the dense
+    layer's weights for the target's intrinsic (qcompile.intrin.pack) and the default schedule
+    tensorizes it, so +dotprod targets get sdot and the others the NEON intrinsic's widening
+    multiplies (smull + saddlp). (Before packing, LLVM found sdot only in the naive loop nests, and the
+    default schedule, vectorizing along the outputs, lost it on rpi5.)"""
     qconfig = QConfig()
     pipe = qcompile.Pipeline(target=target, qconfig=qconfig, input_shapes=DIGITS_SHAPE, progress=False,
-                             records=(), default_schedule=False)
-    pipe.run(zoo.DIGITS_MODEL, calib=zoo.digits_calib())
+                             records=(), default_schedule=True)
+    art = pipe.run(zoo.DIGITS_MODEL, calib=zoo.digits_calib())
+    assert "TensorizedDense 1" in " ".join(art.metadata.get("notes", [])), art.metadata.get("notes")
     ops = mnemonics(asm_of(pipe.state.executable))
     widening = ops["smull"] + ops["smull2"] + ops["smlal"] + ops["smlal2"] + ops["sadalp"] + ops["saddlp"]
     if target in DOTPROD_TARGETS:

@@ -263,6 +263,15 @@ def test_tuning_space_tensorizes_the_packed_dense(target, instruction):
         np.testing.assert_array_equal(out.numpy(), want)
 
 
+def test_tuning_space_of_targets_without_own_intrinsics_is_left_alone():
+    """TVM's default ARM space already tensorizes with its own sdot intrinsic; x86 targets name ours."""
+    from qcompile.tune.tuner import with_dot_intrinsics
+
+    space = object()
+    for names in ((), ("dot_4x4_i8i8s32_sdot",), qcompile.load_target("rpi5").intrinsics):
+        assert with_dot_intrinsics(space, names) is space
+
+
 # ----------------------------------------------------------------------------- a whole model
 
 @needs_avx2

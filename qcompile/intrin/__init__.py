@@ -82,6 +82,11 @@ def dot_intrins(names) -> list[DotIntrin]:
     return [DOT_INTRINSICS[n] for n in names if n in DOT_INTRINSICS]
 
 
+def own_dot_intrins(names) -> list[DotIntrin]:
+    """The ones among `names` that qcompile registers (TVM's own tuning rules do not know them)."""
+    return [i for i in dot_intrins(names) if i.module == "qcompile.intrin"]
+
+
 def dot_intrin_for(names, a_dtype: str, b_dtype: str) -> DotIntrin | None:
     """The first intrinsic among `names` for activations `a_dtype` times weights `b_dtype`."""
     for intrin in dot_intrins(names):

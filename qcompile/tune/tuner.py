@@ -211,28 +211,32 @@ def serial_space(space):
 def with_dot_intrinsics(space, intrinsics):
     """The same search space, tensorizing qcompile's packed dense kernels with the target's intrinsics.
 
-    For each dot intrinsic in `intrinsics` (a target's ``intrinsics:``), ``MultiLevelTilingWithIntrin
-    (name, "SSRSRS")`` is tried before the generic MultiLevelTiling, only on the reduction blocks
-    ``qcompile.intrin.pack`` annotated with that intrinsic: their weights are packed in its block
-    layout. (On a row-major weight, tensorize builds but reads the wrong bytes.) TVM's own intrinsic
-    rules are dropped: on AVX-512 VNNI targets MetaSchedule adds ``dot_16x4_vnni``, which the LLVM
-    in the wheel cannot build. ``RewriteTensorize(vectorize_init_loop=True)`` puts the intrinsic in
-    place after sampling and vectorizes the accumulator's zeroing.
+    For each of qcompile's own intrinsics in `intrinsics` (a target's ``intrinsics:``),
+    ``MultiLevelTilingWithIntrin(name, "SSRSRS")`` is tried before the generic MultiLevelTiling,
+    only on the reduction blocks ``qcompile.intrin.pack`` annotated with that intrinsic: their
+    weights are packed in its block layout. (On a row-major weight, tensorize builds but reads the
+    wrong bytes.) TVM's own intrinsic rules are then dropped: on AVX-512 VNNI targets MetaSchedule
+    adds ``dot_16x4_vnni``, which the LLVM in the wheel cannot build.
+    ``RewriteTensorize(vectorize_init_loop=True)`` puts the intrinsic in place after sampling and
+    vectorizes the accumulator's zeroing. A target naming only TVM's intrinsics (the ARM ones, which
+    TVM's default ARM space already tensorizes with) keeps its space as it is.
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from ..intrin import dot_intrins, ensure_registered
+    from ..intrin import ensure_registered, own_dot_intrins
 
+    own = own_dot_intrins(intrinsics)
+    if not own:
+        return space
     rules = [r for r in space.sch_rules if type(r).__name__ != "MultiLevelTilingWithIntrin"]
     ours = []
-    for intrin in dot_intrins(intrinsics):
+    for intrin in own:
         ensure_registered(intrin)
         ours.append(_packed_dot_tiling(intrin.name))
     first_mlt = next((i for i, r in enumerate(rules) if type(r).__name__ == "MultiLevelTiling"), len(rules))
     rules[first_mlt:first_mlt] = ours
     postprocs = [p for p in space.postprocs if type(p).__name__ != "RewriteTensorize"]
-    if ours:
-        postprocs.append(ms.postproc.RewriteTensorize(vectorize_init_loop=True))
+    postprocs.append(ms.postproc.RewriteTensorize(vectorize_init_loop=True))
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs,
                                              mutator_probs={m: float(p) for m, p in space.mutator_probs.items()})
 
@@ -479,7 +483,7 @@ def tune(model, target="auto", records_dir: str | None = None, trials: int | Non
     Returns a TuneReport; tasks with measurements but no valid one are in report.failed. Ctrl-C stops
     the run: the report comes back with interrupted=True and the records found so far are kept.
     """
-    from ..intrin import dot_intrins
+    from ..intrin import own_dot_intrins
     from ..target import load_target
 
     start = time.perf_counter()
@@ -545,15 +549,13 @@ def tune(model, target="auto", records_dir: str | None = None, trials: int | Non
 
         _quiet_meta_schedule(verbose)
         space = tuning.space
-        packs = bool(dot_intrins(spec.intrinsics))  # the lower stage packed weights for these
-        if space == "post-order-apply" and (threads == 1 or packs):
+        if space == "post-order-apply" and (threads == 1 or own_dot_intrins(spec.intrinsics)):
             template = ms.TuneContext(mod=tasks[0].dispatched[0], target=tvm_target, space_generator=space,
                                       search_strategy="replay-trace", task_name="template")
             space = template.space_generator
             if threads == 1:
                 space = serial_space(space)
-            if packs:
-                space = with_dot_intrinsics(space, spec.intrinsics)
+            space = with_dot_intrinsics(space, spec.intrinsics)  # the kernels the lower stage packed
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir, space=space, strategy=strategy, seed=seed)
         if own_builder:
