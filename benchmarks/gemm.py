@@ -3,6 +3,7 @@
     python benchmarks/gemm.py                          # compile (records + default schedules), measure, peak
     python benchmarks/gemm.py --tune 64                # first a short MetaSchedule run (64 trials) on the GEMM
     python benchmarks/gemm.py --threads 2 --size 512
+    python benchmarks/gemm.py --no-intrinsics          # without the target's tensorized kernel, to compare
 
 The GEMM is a one-op Relax model, C[M, N] = A[M, K] (uint8, input) @ B[K, N] (int8, constant weights,
 seeded) with int32 accumulation, compiled by ``qcompile.compile`` for --target (auto: what this CPU runs)
@@ -141,11 +142,18 @@ def measure_gemm(art, a: np.ndarray, threads: int, repeat: int) -> dict:
             "loadavg_1min": os.getloadavg()[0]}
 
 
-def compile_gemm(model, target: str, records: list):
+def compile_gemm(model, target: str, records: list, intrinsics: bool = True):
+    """intrinsics=False: the target without its `intrinsics:` (no weight packing, no tensorized
+    kernel), i.e. the generic int8 schedule, to compare against."""
+    import dataclasses
+
     import qcompile
 
+    spec = qcompile.load_target(target)
+    if not intrinsics:
+        spec = dataclasses.replace(spec, intrinsics=())
     t = time.perf_counter()
-    art = qcompile.compile(model, target=target, records=records)
+    art = qcompile.compile(model, target=spec, records=records)
     return art, time.perf_counter() - t
 
 
@@ -172,6 +180,8 @@ def parse_args(argv=None):
                    help="tuning records to apply (besides schedules/<target>/), and where --tune writes")
     p.add_argument("--tune", type=int, default=0, metavar="TRIALS",
                    help="tune the GEMM with MetaSchedule for TRIALS trials first (default: 0, no tuning)")
+    p.add_argument("--no-intrinsics", action="store_true",
+                   help="build without the target's tensor intrinsics (no weight packing): the generic int8 kernel")
     p.add_argument("--peak-isa", choices=sorted(PEAK_ISAS), default=None,
                    help="instruction sequence of the peak loop (default: the best this CPU has)")
     p.add_argument("--peak-runs", type=int, default=5, help="runs of the peak loop before and after (default: 5)")
@@ -218,7 +228,7 @@ def main(argv=None) -> int:
             rec_dir = args.records or os.path.join(work, "records")
             res["tuning"] = tune_gemm(model, args.target, rec_dir, args.tune, args.threads)
             records = [rec_dir]
-        art, compile_s = compile_gemm(model, args.target, records)
+        art, compile_s = compile_gemm(model, args.target, records, intrinsics=not args.no_intrinsics)
         print(f"compiled for {art.target_name} in {compile_s:.1f}s; {'; '.join(art.metadata.get('notes', [])) or 'no notes'}",
               flush=True)
         got = art.run({"a": a})["c"]
@@ -234,6 +244,7 @@ def main(argv=None) -> int:
     gemm.update({"gops_median": ops / (gemm["median_ms"] * 1e-3) / 1e9, "gops_best": ops / (gemm["min_ms"] * 1e-3) / 1e9})
     res.update({
         "gemm": {"m": m, "n": n, "k": k, "dtype": "uint8 x int8 -> int32", "target": art.target_name,
+                 "intrinsics": list(art.target.get("intrinsics", [])),
                  "tvm_target": art.target.get("tvm_target"), "notes": art.metadata.get("notes", []),
                  "compile_s": round(compile_s, 2), "exact_vs_numpy": exact,
                  "max_abs_diff": int(np.abs(got.astype(np.int64) - want).max()), "threads": args.threads, **gemm},
