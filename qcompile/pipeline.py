@@ -189,13 +189,15 @@ def lower_passes(target):
 
 
 def stage_lower(state: CompileState):
-    """Split grouped convolutions per group, pack the dense weights for the target's dot-product
-    intrinsics (none: a no-op), then legalize and fuse."""
+    """Split grouped convolutions per group, pack the dense and conv2d weights for the target's
+    dot-product intrinsics (none: a no-op), then legalize and fuse."""
     from .intrin.pack import PackDenseWeights
+    from .intrin.pack_conv import PackConvWeights
     from .transform import SplitGroupedConv
 
     split = SplitGroupedConv()
-    state.mod = _apply([split, PackDenseWeights(state.target.intrinsics)] + lower_passes(state.target.tvm()), state)
+    packs = [PackDenseWeights(state.target.intrinsics), PackConvWeights(state.target.intrinsics)]
+    state.mod = _apply([split] + packs + lower_passes(state.target.tvm()), state)
     if split.last_count:
         state.notes.append(f"{split.last_count} grouped conv2d split into one conv2d per group")
 
