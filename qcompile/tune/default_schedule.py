@@ -250,9 +250,13 @@ def _tile(v_ext: int, u_ext: int | None, lanes: int, budget: int):
 
     ui divides u_ext when that fills at least half the budget. Otherwise (13, 111 rows) the u axis is
     cut in equal tiles (13 -> 7 + 6) and the last one is predicated: measured slower than an exact
-    tile of the same size, so it is the second choice. None when no vector divides v_ext."""
+    tile of the same size, so it is the second choice. None when no vector divides v_ext.
+
+    With no u axis (a matrix-vector product: one output row) the accumulators all go to the vector
+    axis, so each weight row is read in long contiguous runs and several FMA chains overlap."""
     exact, cut = None, None
-    for vi in (2 * lanes, lanes):
+    widths = (2 * lanes, lanes) if u_ext and u_ext > 1 else tuple(lanes * r for r in range(budget, 0, -1))
+    for vi in widths:
         if v_ext % vi:
             continue
         regs = vi // lanes
