@@ -236,9 +236,41 @@ def with_dot_intrinsics(space, intrinsics):
     first_mlt = next((i for i, r in enumerate(rules) if type(r).__name__ == "MultiLevelTiling"), len(rules))
     rules[first_mlt:first_mlt] = ours
     postprocs = [p for p in space.postprocs if type(p).__name__ != "RewriteTensorize"]
+    vec = next((i for i, p in enumerate(postprocs) if type(p).__name__ == "RewriteParallelVectorizeUnroll"), 0)
+    postprocs.insert(vec, _no_vectorize_around_intrinsics())
     postprocs.append(ms.postproc.RewriteTensorize(vectorize_init_loop=True))
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs,
                                              mutator_probs={m: float(p) for m, p in space.mutator_probs.items()})
+
+
+def _no_vectorize_around_intrinsics():
+    """A postprocessor run before RewriteParallelVectorizeUnroll: in a kernel with a block to be
+    tensorized, drop the root's sampled ``meta_schedule.vectorize``. That postprocessor vectorizes
+    the innermost spatial loops of every block, including the tile loops around the tensorized block,
+    whose body is already vector code: the build then fails ("Cannot broadcast lanes=16 ... to 128";
+    3 of 4 candidates of a 256^3 GEMM). The intrinsic is the vector code there, RewriteTensorize
+    vectorizes the accumulator's zeroing, and LLVM vectorizes the epilogue's plain loops."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class NoVectorizeAroundIntrinsics(ms.postproc.PyPostproc):
+        def _initialize_with_tune_context(self, context):
+            pass
+
+        def apply(self, sch):
+            for gv, _ in sch.mod.functions_items():
+                root = sch.get_sblock("root", func_name=gv.name_hint)
+                if "meta_schedule.vectorize" not in sch.get(root).annotations:
+                    continue
+                if any("meta_schedule.auto_tensorize" in sch.get(b).annotations for b in sch.get_child_blocks(root)):
+                    sch.unannotate(root, "meta_schedule.vectorize")
+            return True
+
+        def clone(self):
+            return NoVectorizeAroundIntrinsics()
+
+    return NoVectorizeAroundIntrinsics()
 
 
 def _packed_dot_tiling(intrin_name: str):
