@@ -126,6 +126,7 @@ def PackConvWeights(intrinsics):  # noqa: N802 - a pass factory, as TVM names th
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     names = tuple(intrinsics)
+    dots = dot_intrins(names)  # checked here, as PackDenseWeights does
 
     @mutator
     class Packer(PyExprMutator):
@@ -156,7 +157,7 @@ def PackConvWeights(intrinsics):  # noqa: N802 - a pass factory, as TVM names th
 
     @tvm.transform.module_pass(opt_level=0, name="qcompile.PackConvWeights")
     def pack(mod, _ctx):
-        if not dot_intrins(names):
+        if not dots:
             return mod
         packer = Packer(mod)
         for gv, func in mod.functions_items():
