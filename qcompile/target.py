@@ -217,6 +217,12 @@ def _check_values(spec: TargetSpec, path: str):
         raise TargetError(f"{path}: 'quant.accumulate_dtype' must be int32 or int64, got {q.accumulate_dtype!r}")
     if q.conv_layout not in ("NCHW", "NHWC"):
         raise TargetError(f"{path}: 'quant.conv_layout' must be NCHW or NHWC, got {q.conv_layout!r}")
+    from .intrin import check_names
+
+    try:
+        check_names(spec.intrinsics)
+    except TargetError as err:
+        raise TargetError(f"{path}: {err}") from None
     if spec.accelerator is not None:
         from .accel.config import AccelConfig
 

@@ -118,11 +118,27 @@ def test_target_intrinsics_are_registered_dot_intrinsics():
         dots = intrin.dot_intrins(spec.intrinsics)
         assert dots and [d.name for d in dots] == list(spec.intrinsics), name
         for d in dots:
+            intrin.ensure_registered(d)
             assert TensorIntrin.get(d.name, allow_missing=True) is not None
     # x86_64 keeps int8 activations: the AVX2 intrinsic takes both, so the dtype is the target's choice
     assert intrin.dot_intrin_for(qcompile.load_target("x86_64").intrinsics, "int8", "int8").lanes == 8
     assert intrin.dot_intrin_for(qcompile.load_target("x86_vnni").intrinsics, "int8", "int8") is None
     assert intrin.dot_intrin_for(["qcompile_dot_16x4_vnni"], "uint8", "int8").k == 4
+
+
+def test_unknown_intrinsic_names_are_refused(tmp_path):
+    """A typo in intrinsics: would silently leave every kernel untensorized."""
+    from qcompile.errors import TargetError
+
+    text = open(qcompile.load_target("x86_64").source).read()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("qcompile_dot_8x2_u8i8_avx2", "qcompile_dot_8x2_u8i8_avx"))
+    with pytest.raises(TargetError, match=r"bad.yaml: unknown tensor intrinsic.*'qcompile_dot_8x2_u8i8_avx'.*known"):
+        qcompile.load_target(str(bad))
+    tvm_vnni = tmp_path / "tvm_vnni.yaml"   # TVM's dot_16x4_vnni, which does not build
+    tvm_vnni.write_text(text.replace("[qcompile_dot_8x2_i8i8_avx2, qcompile_dot_8x2_u8i8_avx2]", "[dot_16x4_vnni]"))
+    with pytest.raises(TargetError, match="'dot_16x4_vnni'"):
+        qcompile.load_target(str(tvm_vnni))
 
 
 def test_pack_weight_blocks_and_zero_padding():
@@ -144,7 +160,7 @@ def test_packing_only_where_a_target_intrinsic_fits():
     w8 = np.ones((16, 8), np.int8)
     plain = dense_module(2, 16, 8, "int8", w8)
     assert PackDenseWeights(())(plain).same_as(plain)
-    assert PackDenseWeights(["dot_16x4_vnni"])(plain).same_as(plain)            # not one of ours: not described
+    assert PackDenseWeights(["dot_16x4_vnni"])(plain).same_as(plain)            # not a dot intrinsic we describe
     assert PackDenseWeights(["qcompile_dot_16x4_vnni"])(plain).same_as(plain)   # u8 x s8 only; this is s8 x s8
     packed = PackDenseWeights(["qcompile_dot_8x2_i8i8_avx2"])(plain)
     assert "qcompile_packed_dense" in [gv.name_hint for gv in packed.get_global_vars()]

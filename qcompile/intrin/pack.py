@@ -94,6 +94,7 @@ def PackDenseWeights(intrinsics):  # noqa: N802 - a pass factory, as TVM names t
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     names = tuple(intrinsics)
+    dots = dot_intrins(names)
 
     @mutator
     class Packer(PyExprMutator):
@@ -119,7 +120,7 @@ def PackDenseWeights(intrinsics):  # noqa: N802 - a pass factory, as TVM names t
 
     @tvm.transform.module_pass(opt_level=0, name="qcompile.PackDenseWeights")
     def pack(mod, _ctx):
-        if not dot_intrins(names):
+        if not dots:
             return mod
         packer = Packer(mod)
         for gv, func in mod.functions_items():

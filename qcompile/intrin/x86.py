@@ -74,13 +74,11 @@ def _avx2_8x2_impl(a_dtype: str):
     return impl
 
 
-def intrinsics():
-    """(name, a_dtype, b_dtype, lanes, k, cpu flags, desc, impl) of every x86 intrinsic here."""
-    return [
-        ("qcompile_dot_16x4_vnni", "uint8", "int8", 16, 4, ("avx512f", "avx512_vnni"),
-         dot_desc("uint8", "int8", 16, 4), _vnni_16x4_impl),
-        ("qcompile_dot_8x2_u8i8_avx2", "uint8", "int8", 8, 2, ("avx2",),
-         dot_desc("uint8", "int8", 8, 2), _avx2_8x2_impl("uint8")),
-        ("qcompile_dot_8x2_i8i8_avx2", "int8", "int8", 8, 2, ("avx2",),
-         dot_desc("int8", "int8", 8, 2), _avx2_8x2_impl("int8")),
-    ]
+def implementation(intrin):
+    """(description, implementation) PrimFuncs of one of qcompile's x86 DotIntrins."""
+    desc = dot_desc(intrin.a_dtype, intrin.b_dtype, intrin.lanes, intrin.k)
+    if (intrin.lanes, intrin.k, intrin.a_dtype) == (16, 4, "uint8"):
+        return desc, _vnni_16x4_impl
+    if (intrin.lanes, intrin.k) == (8, 2):
+        return desc, _avx2_8x2_impl(intrin.a_dtype)
+    raise ValueError(f"no x86 implementation for {intrin}")

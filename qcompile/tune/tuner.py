@@ -336,10 +336,9 @@ def use_cpu_tensor_intrinsics(target=None):
 
     tvm.s_tir.tensor_intrin = pkg
     importlib.import_module(f"{name}.{_cpu_family(target)}")
-    try:
-        importlib.import_module("qcompile.intrin")  # qcompile's own (fixed) intrinsics, when present
-    except ModuleNotFoundError:
-        pass
+    from .. import intrin
+
+    intrin.register()  # qcompile's own intrinsics (the fixed VNNI one, the exact AVX2 ones)
 
 
 def _cpu_family(target) -> str:
