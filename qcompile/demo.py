@@ -55,8 +55,18 @@ def ort_int8_model(model_path: str, calib: dict, out_path: str, method: str = "m
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}
-    quantize_static(model_path, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method])
+    # quantize_static writes '<model>-inferred.onnx' next to its input: work on a private copy, not
+    # beside the original (inside site-packages for the bundled model; two runs raced on that file)
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="qcompile-ort-int8-") as tmp:
+        copy = os.path.join(tmp, "model.onnx")
+        onnx.save(onnx.load(model_path), copy)
+        quantize_static(copy, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method])
     return out_path
 
 

@@ -69,3 +69,23 @@ def test_export_qdq_runs_in_onnxruntime(tmp_path):
     assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.99
     diff = np.abs(ours - theirs)  # integer requantize vs float QDQ simulation: off by a few output LSBs at most
     assert diff.mean() < 0.05 and diff.max() < 1.0
+
+
+def test_ort_baseline_writes_nothing_beside_the_source_model(tmp_path):
+    """quantize_static writes '<model>-inferred.onnx' next to its input; for the bundled model that is
+    inside site-packages, and two benchmark runs raced on the file. A directory's mtime changes when a
+    file is created or removed in it."""
+    import os
+    import shutil
+
+    from qcompile.demo import ort_int8_model
+
+    src = tmp_path / "src"
+    src.mkdir()
+    model = src / "digits.onnx"
+    shutil.copy(zoo.DIGITS_MODEL, model)
+    os.utime(src, ns=(0, 0))
+    calib = {k: v[:8] for k, v in zoo.digits_calib().items()}
+    out = ort_int8_model(str(model), calib, str(tmp_path / "q.onnx"))
+    assert os.path.getsize(out) > 0
+    assert os.stat(src).st_mtime_ns == 0 and os.listdir(src) == ["digits.onnx"]
