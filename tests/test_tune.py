@@ -288,3 +288,21 @@ def test_cli_builder_timeout_fails_every_task_in_a_real_subprocess(tuned, conv_p
     assert "tuning failed for 1 of 1 task(s): fused_conv2d_add_relu" in proc.stderr
     assert "Timeout" in proc.stderr
     assert snapshot(folder) == before
+
+
+def test_cpu_intrinsics_for_a_second_target_family_in_one_process():
+    """use_cpu_tensor_intrinsics registers one CPU family's intrinsics; a process that tuned for ARM
+    first used to keep only arm_cpu's, and MetaSchedule's x86 rules then failed on an unregistered
+    dot_16x4_vnni. A fresh interpreter, so no other test has imported anything before."""
+    code = (
+        "import qcompile\n"
+        "from tvm.s_tir import TensorIntrin\n"
+        "from qcompile.tune.tuner import tuning_target, use_cpu_tensor_intrinsics\n"
+        "use_cpu_tensor_intrinsics(tuning_target(qcompile.load_target('arm_neon_dotprod'), 1))\n"
+        "assert TensorIntrin.get('dot_4x4_i8i8s32_sdot', allow_missing=True) is not None\n"
+        "use_cpu_tensor_intrinsics(tuning_target(qcompile.load_target('x86_vnni'), 1))\n"
+        "assert TensorIntrin.get('dot_16x4_vnni', allow_missing=True) is not None\n"
+        "assert TensorIntrin.get('qcompile_dot_16x4_vnni', allow_missing=True) is not None\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

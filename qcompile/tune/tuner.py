@@ -318,23 +318,24 @@ def use_cpu_tensor_intrinsics(target=None):
     import types
 
     name = "tvm.s_tir.tensor_intrin"
-    if name in sys.modules:
-        return
     kind = "llvm"
     if target is not None:
         kind = target.kind.name if hasattr(target, "kind") else dict(target).get("kind", "llvm")
     if kind != "llvm":
         importlib.import_module(name)
         return
-    spec = importlib.util.find_spec(name)
-    pkg = types.ModuleType(name)
-    pkg.__path__ = list(spec.submodule_search_locations)
-    pkg.__spec__, pkg.__file__, pkg.__package__ = spec, spec.origin, name
-    pkg.__doc__ = "qcompile: CPU tensor intrinsics only (see qcompile.tune.tuner.use_cpu_tensor_intrinsics)"
-    sys.modules[name] = pkg
-    import tvm.s_tir
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        pkg = types.ModuleType(name)
+        pkg.__path__ = list(spec.submodule_search_locations)
+        pkg.__spec__, pkg.__file__, pkg.__package__ = spec, spec.origin, name
+        pkg.__doc__ = "qcompile: CPU tensor intrinsics only (see qcompile.tune.tuner.use_cpu_tensor_intrinsics)"
+        sys.modules[name] = pkg
+        import tvm.s_tir
 
-    tvm.s_tir.tensor_intrin = pkg
+        tvm.s_tir.tensor_intrin = pkg
+    # every call: a process that tuned for ARM first has only arm_cpu's intrinsics so far, and
+    # MetaSchedule's x86 rules then fail on an unregistered dot_16x4_vnni (a no-op when imported)
     importlib.import_module(f"{name}.{_cpu_family(target)}")
     from .. import intrin
 
