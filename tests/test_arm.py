@@ -487,7 +487,7 @@ def test_board_tune_through_the_tracker(board, x86_int8_logits, tmp_path):
     res = subprocess.run([sys.executable, "-m", "qcompile.cli", "tune", zoo.DIGITS_MODEL, "--target", "arm_neon",
                           "-q", "int8", "--calib", calib, "--input-shape", "input:1x1x8x8",
                           "--rpc-tracker", board["tracker"], "--rpc-key", board["key"], "--rpc-session-timeout", "120",
-                          "--task", "matmul", "--trials", "2", "--trials-per-iter", "2", "--strategy", "replay-trace",
+                          "--task", "packed_dense", "--trials", "2", "--trials-per-iter", "2", "--strategy", "replay-trace",
                           "--records", str(records), "--json", str(report_path)],
                          capture_output=True, text=True, timeout=900)
     print(f"tune on the emulated board: {time.perf_counter() - start:.0f} s")

@@ -57,6 +57,11 @@ def apply_records(mod, target, extra_dirs=()):
     import tvm
     from tvm import relax
 
+    from .tuner import use_cpu_tensor_intrinsics
+
+    # records replay their traces, and a tensorized one names its intrinsic (dot_4x4_i8i8s32_neon,
+    # qcompile_dot_16x4_vnni...): register the target's before the database is read
+    use_cpu_tensor_intrinsics(target.tvm())
     total = _count_kernels(mod)
     before = _count_kernels(mod, scheduled=True)
     with target.tvm(), open_database(dirs), tvm.transform.PassContext(opt_level=3):
