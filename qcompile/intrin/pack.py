@@ -93,6 +93,8 @@ def PackDenseWeights(intrinsics):  # noqa: N802 - a pass factory, as TVM names t
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
+    from ..transform.rewrite import rewrite_relax_functions
+
     names = tuple(intrinsics)
     dots = dot_intrins(names)
 
@@ -123,11 +125,7 @@ def PackDenseWeights(intrinsics):  # noqa: N802 - a pass factory, as TVM names t
         if not dots:
             return mod
         packer = Packer(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                packer.builder_.update_func(gv, packer.visit_expr(func))
-        if not packer.packed:
-            return mod
-        return packer.builder_.get()
+        new = rewrite_relax_functions(mod, packer)
+        return new if packer.packed else mod
 
     return pack

@@ -125,6 +125,8 @@ def PackConvWeights(intrinsics):  # noqa: N802 - a pass factory, as TVM names th
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
+    from ..transform.rewrite import rewrite_relax_functions
+
     names = tuple(intrinsics)
     dots = dot_intrins(names)  # checked here, as PackDenseWeights does
 
@@ -160,11 +162,7 @@ def PackConvWeights(intrinsics):  # noqa: N802 - a pass factory, as TVM names th
         if not dots:
             return mod
         packer = Packer(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                packer.builder_.update_func(gv, packer.visit_expr(func))
-        if not packer.packed:
-            return mod
-        return packer.builder_.get()
+        new = rewrite_relax_functions(mod, packer)
+        return new if packer.packed else mod
 
     return pack

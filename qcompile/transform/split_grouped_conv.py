@@ -21,6 +21,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .rewrite import rewrite_relax_functions
+
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 
 
@@ -84,8 +86,6 @@ class SplitGroupedConv:
 
     def transform_module(self, mod, _ctx):
         splitter = _Splitter(mod, self.min_group_channels)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                splitter.builder_.update_func(gv, splitter.visit_expr(func))
+        new = rewrite_relax_functions(mod, splitter)
         self.last_count = splitter.split
-        return splitter.builder_.get()
+        return new
