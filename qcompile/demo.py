@@ -56,17 +56,20 @@ def ort_int8_model(model_path: str, calib: dict, out_path: str, method: str = "m
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}
     # quantize_static writes '<model>-inferred.onnx' next to its input: work on a private copy, not
-    # beside the original (inside site-packages for the bundled model; two runs raced on that file)
+    # beside the original (inside site-packages for the bundled model; two runs raced on that file).
+    # The result is renamed into place, so a failed run leaves no half-written out_path.
     import tempfile
 
     import onnx
 
-    with tempfile.TemporaryDirectory(prefix="qcompile-ort-int8-") as tmp:
-        copy = os.path.join(tmp, "model.onnx")
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    with tempfile.TemporaryDirectory(prefix=".qcompile-ort-int8-", dir=out_dir) as tmp:
+        copy, result = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model_int8.onnx")
         onnx.save(onnx.load(model_path), copy)
-        quantize_static(copy, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(copy, result, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method])
+        os.replace(result, out_path)
     return out_path
 
 
