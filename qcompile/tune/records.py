@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 
-SCHEDULES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "schedules")
+from ..bundled import bundled_dir
+
+SCHEDULES_DIR = bundled_dir("schedules")
 _WORKLOAD_FILE = "database_workload.json"
 _RECORD_FILE = "database_tuning_record.json"
 
