@@ -199,7 +199,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from qcompile.target import host_cpu_flags
+    from qcompile.cpu_features import host_cpu_flags
 
     args = parse_args(argv)
     flags = host_cpu_flags() or set()

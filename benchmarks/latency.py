@@ -333,7 +333,7 @@ def plot(results: dict, path: str) -> bool:
 
 
 def _isa() -> str:
-    from qcompile.target import host_cpu_flags
+    from qcompile.cpu_features import host_cpu_flags
 
     flags = host_cpu_flags() or set()
     if "amx_int8" in flags:

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 
+from . import cpu_features
 from .errors import QCompileError
 
 EPILOG = "Run 'qcompile COMMAND --help' for the options of one command."
@@ -409,10 +410,19 @@ def cmd_targets(args):
 
     auto = host_target_name()
     for t in list_targets():
-        runs = "runs here" if t.runs_on_host and not t.missing_cpu_flags() else "cross/other CPU"
         mark = "  <- auto" if t.name == auto else ""
-        print(f"{t.name:18s} {t.quant.activation_dtype}x{t.quant.weight_dtype}  {runs:16s} {t.description}{mark}")
+        print(f"{t.name:18s} {t.quant.activation_dtype}x{t.quant.weight_dtype}  {_runs_where(t):24s} {t.description}{mark}")
     return 0
+
+
+def _runs_where(t) -> str:
+    """'runs here', 'cross (aarch64)', or the CPU features this machine lacks."""
+    if t.runs_here():
+        return "runs here"
+    if not t.runs_on_host or t.arch != cpu_features.host_arch():
+        return f"cross ({t.arch})"
+    missing = t.missing_cpu_flags()
+    return "lacks " + ",".join(missing[:2]) + (f" +{len(missing) - 2}" if len(missing) > 2 else "")
 
 
 def _add_demo(sub):

@@ -7,20 +7,25 @@ and how to export (host or cross compiler). Passes read the spec; they never tes
 
 ``load_target("x86_vnni")`` looks in the bundled targets/ folder; a path to a .yaml
 file loads a user's own definition.
+
+What a CPU needs to run a target's code is not written in the file: it is derived from what LLVM
+is told (``tvm_target``'s mcpu + mattr, see cpu_features.py), so the check at load time and the
+instructions in the library cannot disagree. ``cpus:`` lists the CPUs (LLVM names) the target
+claims to run on; loading the file checks every one of them has every required feature.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 
 import yaml
 
+from . import cpu_features
+from .bundled import bundled_dir
 from .errors import TargetError
-
-TARGETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "targets")
-_PACKAGED_TARGETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
 
 _INT_DTYPES = ("int8", "uint8", "int16")
 
@@ -68,7 +73,7 @@ class TargetSpec:
     description: str
     tvm_target: dict
     runs_on_host: bool = True
-    requires_cpu_flags: tuple[str, ...] = ()
+    cpus: tuple[str, ...] = ()             # LLVM CPU names this target's code claims to run on (checked)
     intrinsics: tuple[str, ...] = ()
     quant: QuantSpec = field(default_factory=QuantSpec)
     tuning: TuningSpec = field(default_factory=TuningSpec)
@@ -82,32 +87,42 @@ class TargetSpec:
 
         return tvm.target.Target(dict(self.tvm_target))
 
+    @functools.cached_property
+    def cpu_features(self) -> tuple[str, ...]:
+        """The LLVM features of tvm_target that a CPU must have to run this target's code."""
+        return cpu_features.required_features(self.tvm_target)
+
+    @property
+    def arch(self) -> str:
+        return cpu_features.arch_of(self.tvm_target)
+
+    @property
+    def requires_cpu_flags(self) -> tuple[str, ...]:
+        """cpu_features as /proc/cpuinfo flags (what an artifact checks when it loads)."""
+        return cpu_features.to_cpuinfo(self.cpu_features, self.arch)
+
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("source")
+        d["cpu_features"] = list(self.cpu_features)
+        d["requires_cpu_flags"] = list(self.requires_cpu_flags)
         return d
 
     def missing_cpu_flags(self) -> list[str]:
         """CPU flags this target needs that the machine running us lacks (empty off Linux)."""
-        flags = host_cpu_flags()
+        flags = cpu_features.host_cpu_flags()
         if flags is None:
             return []
         return [f for f in self.requires_cpu_flags if f not in flags]
 
-
-def host_cpu_flags() -> set[str] | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return None
+    def runs_here(self) -> bool:
+        """Whether this machine can run the target's code (same architecture, every feature present)."""
+        return (self.runs_on_host and self.tvm_target.get("kind") == "llvm"
+                and self.arch == cpu_features.host_arch() and not self.missing_cpu_flags())
 
 
 def target_dirs() -> list[str]:
-    return [d for d in (TARGETS_DIR, _PACKAGED_TARGETS_DIR) if os.path.isdir(d)]
+    return [bundled_dir("targets")]
 
 
 def list_targets() -> list[TargetSpec]:
@@ -121,11 +136,16 @@ def list_targets() -> list[TargetSpec]:
 
 
 def host_target_name() -> str:
-    """The best bundled target that runs on this machine: "auto" resolves to it."""
-    flags = host_cpu_flags() or set()
-    if {"avx512f", "avx512_vnni"} <= flags:
-        return "x86_vnni"
-    return "x86_64"
+    """The most capable bundled CPU target whose every feature this machine has: "auto" resolves to it.
+
+    Capable = LLVM features enabled; accelerator targets (which also run on the host) are not
+    candidates. Ties go to the name that sorts first.
+    """
+    runnable = [t for t in list_targets() if t.accelerator is None and t.runs_here()]
+    if not runnable:
+        raise TargetError(f"no bundled target runs on this {cpu_features.host_arch()} CPU; pass --target with a "
+                          "target file for it (see 'qcompile targets')")
+    return min(runnable, key=lambda t: (-len(cpu_features.llvm_features(t.tvm_target)), t.name)).name
 
 
 def load_target(name_or_path="auto") -> TargetSpec:
@@ -144,6 +164,7 @@ def load_target(name_or_path="auto") -> TargetSpec:
         raise TargetError(f"{path}: a target file must be a mapping of keys (name, tvm_target, ...)")
     spec = _from_dict(data, path)
     _check_tvm_target(spec, path)
+    _check_cpus(spec, path)
     return spec
 
 
@@ -162,6 +183,10 @@ def _resolve(name: str) -> str:
 
 def _from_dict(data: dict, path: str) -> TargetSpec:
     sections = {"quant": QuantSpec, "tuning": TuningSpec, "export": ExportSpec}
+    if "requires_cpu_flags" in data:
+        raise TargetError(f"{path}: 'requires_cpu_flags' is no longer written by hand: the CPU features a target "
+                          "needs are derived from tvm_target (mcpu, mattr); remove the key, and list the CPUs the "
+                          "target must run on under 'cpus:' to have them checked")
     kwargs = _fields_from(TargetSpec, data, path, "", skip={"source"})
     for key, cls in sections.items():
         if key in data:
@@ -177,6 +202,24 @@ def _from_dict(data: dict, path: str) -> TargetSpec:
     spec = TargetSpec(source=path, **kwargs)
     _check_values(spec, path)
     return spec
+
+
+def _check_cpus(spec: TargetSpec, path: str):
+    """Every CPU the file claims must have every feature the code may use."""
+    need = set(spec.cpu_features)
+    import tvm
+
+    triple = spec.tvm_target.get("mtriple") or str(tvm.target.codegen.llvm_get_system_triple())
+    for cpu in spec.cpus:
+        if not tvm.target.codegen.llvm_is_valid_cpu(cpu, triple):
+            raise TargetError(f"{path}: 'cpus' names '{cpu}', which LLVM does not know for {triple}")
+        claimed = dict(spec.tvm_target, mcpu=cpu)
+        claimed.pop("mattr", None)
+        has = cpu_features.llvm_features(claimed)
+        missing = sorted(need - has)
+        if missing:
+            raise TargetError(f"{path}: 'cpus' claims '{cpu}', but the code for tvm_target {spec.tvm_target} may use "
+                              f"features {missing} that {cpu} lacks; pick an older mcpu or drop '{cpu}'")
 
 
 def _fields_from(cls, data: dict, path: str, prefix: str, skip=()) -> dict:

@@ -20,7 +20,7 @@ from qcompile.intrin.pack import ANNOTATION
 from qcompile.intrin.pack_conv import PackConvWeights, pack_conv_weight
 from qcompile.quantize import reference
 from qcompile.quantize.qconfig import QConfig
-from qcompile.target import host_cpu_flags
+from qcompile.cpu_features import host_cpu_flags
 from qcompile.tune import default_schedule as ds
 from qcompile.tune import records
 

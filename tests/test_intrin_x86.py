@@ -18,7 +18,7 @@ from qcompile import intrin, zoo
 from qcompile.intrin.pack import ANNOTATION, PackDenseWeights, pack_weight
 from qcompile.quantize import reference
 from qcompile.quantize.qconfig import QConfig
-from qcompile.target import host_cpu_flags
+from qcompile.cpu_features import host_cpu_flags
 from qcompile.tune import default_schedule as ds
 from qcompile.tune import records
 

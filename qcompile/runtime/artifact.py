@@ -77,7 +77,7 @@ class Artifact:
         if not t.get("runs_on_host", True):
             raise ArtifactError(f"artifact was built for target '{t['name']}' ({t['tvm_target']}), which does not run "
                                 "on this machine; run it on a board with 'qcompile bench OUT --rpc-tracker HOST:PORT --rpc-key KEY'")
-        from ..target import host_cpu_flags
+        from ..cpu_features import host_cpu_flags
 
         flags = host_cpu_flags()
         missing = [f for f in t.get("requires_cpu_flags", []) if flags is not None and f not in flags]

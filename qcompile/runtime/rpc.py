@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..cpu_features import to_cpuinfo
 from ..errors import (BoardLostError, ConfigError, InputError, NoBoardError, RemoteError, RemoteLoadError,
                       SessionTimeoutError, TargetMismatchError, TrackerUnreachableError)
 from .bench import stats_ms
@@ -249,9 +250,6 @@ _ELF_MACHINES = {3: "i386", 8: "mips", 20: "powerpc", 21: "powerpc64", 40: "arm"
                  183: "aarch64", 243: "riscv", 258: "loongarch"}
 _ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x86-64": "x86_64", "i686": "i386", "i586": "i386",
                  "i486": "i386", "x86": "i386", "ppc64": "powerpc64", "ppc64le": "powerpc64"}
-# /proc/cpuinfo flag -> LLVM feature name, where they differ (others compare after dropping '_').
-_FLAG_TO_LLVM = {"asimd": "neon", "asimddp": "dotprod", "pclmulqdq": "pclmul", "sse4_1": "sse4.1",
-                 "sse4_2": "sse4.2", "lahf_lm": "sahf", "abm": "lzcnt"}
 _GENERIC_CPUS = {"", "generic", "x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4", "i686"}
 
 
@@ -319,21 +317,6 @@ def cpu_features(triple: str, cpu: str) -> set[str] | None:
     return {str(k) for k in feats}
 
 
-def _llvm_name(flag: str) -> str:
-    return _FLAG_TO_LLVM.get(flag, flag.replace("_", ""))
-
-
-_RICH_CPUS = {"x86_64": ("sapphirerapids", "graniterapids", "znver4"), "aarch64": ("neoverse-v2", "cortex-x4")}
-
-
-def _known_features(triple: str) -> set[str]:
-    """Every feature name LLVM uses for this architecture (the union over a few feature-rich CPUs)."""
-    out: set[str] = set()
-    for cpu in _RICH_CPUS.get(triple_arch(triple), ()):
-        out |= cpu_features(triple, cpu) or set()
-    return out
-
-
 def check_board_target(artifact, board: Board, info: BoardInfo):
     """Raise TargetMismatchError unless the artifact's library can run on this board."""
     t = artifact.target
@@ -342,14 +325,13 @@ def check_board_target(artifact, board: Board, info: BoardInfo):
         raise TargetMismatchError(
             f"artifact built for {lib_arch} (target {t['name']}) but {board.describe()} is {info.arch} "
             f"({info.triple}); compile for the board's target, or pick a board key for {lib_arch}")
-    if not (info.triple and info.cpu) or not t.get("requires_cpu_flags"):
+    # the artifact's LLVM features (derived from its tvm_target) against the board CPU's, by LLVM's names
+    if not (info.triple and info.cpu) or not t.get("cpu_features"):
         return
     feats = cpu_features(info.triple, info.cpu)
     if feats is None:
         return
-    known = _known_features(info.triple)  # a flag LLVM has no name for is not judged
-    missing = [f for f in t["requires_cpu_flags"]
-               if _llvm_name(f) in known and _llvm_name(f) not in feats]
+    missing = list(to_cpuinfo([f for f in t["cpu_features"] if f not in feats], triple_arch(info.triple)))
     if missing:
         raise TargetMismatchError(
             f"artifact built for target {t['name']} needs CPU features {missing}, which board {board.name} "
