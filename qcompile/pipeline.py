@@ -145,7 +145,7 @@ def stage_realize(state: CompileState):
     realized = state.quant_info["realized"]
     state.quant_info["summary"] = {
         "qconfig": qconfig.to_json(),
-        "layers": {layer.name: realized.get(layer.name, "fp32") for layer in plan.layers},
+        "layers": {layer.name: realize.precision(realized.get(layer.name, "fp32")) for layer in plan.layers},
         "integer_layers": len(realized),
         "kept_fp32_by_rule": state.quant_info.get("kept_float", {}),
         "calibration_samples": state.quant_info.get("num_calib_samples"),

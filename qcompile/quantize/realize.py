@@ -297,6 +297,12 @@ class Realizer:
         return self.requantize(centered, q.scale, out_scale, out_zp, out_dtype, clip=clip, ndim=max(ndim, 1))
 
 
+def precision(realized: str) -> str:
+    """A layer's precision label from what realize made of it: 'int8' for uint8 or int8 codes (the
+    activation's signedness is the target's choice, not the layer's precision), 'int16', 'sim-int8', ..."""
+    return realized.replace("uint", "int")
+
+
 def power_of_two(scale: float, zp: int, dtype: str) -> tuple[float, int]:
     """Round a scale up to 2^k (the range only grows) and move the zero point to match, so every
     requantize multiplier of a layer becomes an exact power of two: a shift-only requantize."""

@@ -1,5 +1,7 @@
 """Transformer-style blocks: dense + attention matmuls, static and dynamic quantization."""
 
+import re
+
 import numpy as np
 import pytest
 from tvm import relax
@@ -85,5 +87,5 @@ def test_padding_mask_add_stays_fp32():
     assert np.abs(got - ref).max() < 0.05
     kept = pipe.state.quant_info["summary"]["kept_fp32_by_rule"]
     (name,) = [n for n in kept if n.startswith("add")]
-    assert "steps of the int8 output grid" in kept[name]
+    assert re.search(r"steps of the u?int8 output grid", kept[name])  # uint8 on targets with u8 activations
     assert name not in pipe.state.quant_info["realized"]
