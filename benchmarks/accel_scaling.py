@@ -127,7 +127,7 @@ def build(mod, target):
     import tvm
     from tvm import relax
 
-    from qcompile.pipeline import build_passes, lower_passes
+    from qcompile.build import build_passes, lower_passes
 
     t = target.tvm()
     with t, tvm.transform.PassContext(opt_level=3):

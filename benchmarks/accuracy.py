@@ -81,7 +81,7 @@ def qcompile_mixed(ds, target, calib_method):
 def ort_int8_model(model_path: str, calib: dict, out_path: str, method: str = "minmax", preprocess: bool = False) -> str:
     """ONNX Runtime quantize_static: QDQ, per-channel weights, uint8 activations / int8 weights.
     preprocess: run ORT's quant_pre_process (shape inference, graph optimization: folds BN into conv) first."""
-    from qcompile.demo import ort_int8_model as demo_int8
+    from qcompile.cli.demo import ort_int8_model as demo_int8
 
     if preprocess:
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -115,7 +115,7 @@ def run_samples(fn, inputs: dict, desc: str) -> tuple[dict, float]:
 
 
 def ort_runner(model_path: str, threads: int):
-    from qcompile.demo import ort_session
+    from qcompile.cli.demo import ort_session
 
     sess = ort_session(model_path, threads)
     names = [o.name for o in sess.get_outputs()]

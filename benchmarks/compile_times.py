@@ -18,8 +18,8 @@ import numpy as np
 
 import qcompile
 from qcompile import zoo
-from qcompile.cli import write_json_atomic
-from qcompile.demo import ort_latency, ort_session
+from qcompile.io import write_json_atomic
+from qcompile.cli.demo import ort_latency, ort_session
 from qcompile.runtime.bench import benchmark
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

@@ -32,8 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import qcompile  # noqa: E402
 from qcompile import zoo  # noqa: E402
-from qcompile.cli import write_json_atomic  # noqa: E402
-from qcompile.demo import ort_session  # noqa: E402
+from qcompile.io import write_json_atomic  # noqa: E402
+from qcompile.cli.demo import ort_session  # noqa: E402
 from qcompile.pipeline import STAGES, CompileState, Pipeline  # noqa: E402
 from qcompile.runtime.bench import bench_vm, set_threads  # noqa: E402
 from qcompile.tune import records  # noqa: E402

@@ -74,7 +74,7 @@ class OrtEngine(Engine):
         self.model_path, self.feed, self.sessions = model_path, feed, {}
 
     def call(self, threads: int):
-        from qcompile.demo import ort_session
+        from qcompile.cli.demo import ort_session
 
         if threads not in self.sessions:
             self.sessions[threads] = ort_session(self.model_path, threads)
@@ -99,7 +99,7 @@ class QcEngine(Engine):
         """TVM's thread pool is global: it is set here, and every qcompile function of one thread count
         is made before that count's cells run. Outputs come back as numpy arrays, as ORT's do (zero-copy
         views through DLPack: ``Tensor.numpy()`` copies through the FFI and costs ~20 us a call here)."""
-        from qcompile.runtime.artifact import _flatten
+        from qcompile.io import flatten_tensors as _flatten
         from qcompile.runtime.bench import set_threads
 
         set_threads(threads)

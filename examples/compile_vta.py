@@ -38,7 +38,7 @@ import yaml
 
 import qcompile
 from qcompile import zoo
-from qcompile.accel import report
+from qcompile.cli import accel_report as report
 from qcompile.quantize.qconfig import QConfig
 from qcompile.target import load_target
 

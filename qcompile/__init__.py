@@ -11,7 +11,7 @@ Public API:
 from .errors import QCompileError
 from .frontend import load as load_model
 from .pipeline import STAGES, Pipeline
-from .runtime.artifact import Artifact
+from .artifact import Artifact
 from .target import load_target
 
 __version__ = "0.1.0"

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .build import build_passes, lower_passes
 from .errors import BuildError, ConfigError
 from .model import Model
 from .target import TargetSpec, load_target
@@ -151,27 +152,13 @@ def stage_realize(state: CompileState):
         "calibration_samples": state.quant_info.get("num_calib_samples"),
     }
     if state.quant_info.get("want_report"):
-        _layer_report(state)
+        from .quantize.report import layer_report
+
+        layer_report(state)
     if state.quant_info.get("want_qdq"):
         from .quantize.export_onnx import export_qdq
 
         state.quant_info.setdefault("files", {})["model_qdq.onnx"] = lambda path: export_qdq(state, path)
-
-
-def _layer_report(state: CompileState):
-    """Per-layer fp32-vs-quantized error table; saved in the artifact as quant_report.json/.png."""
-    from .quantize import report
-    from .quantize.calibrate import load_calib
-
-    evaluation = state.quant_info.get("evaluation") or {}
-    samples = evaluation.get("inputs") or load_calib(state.calib)
-    rows = report.layer_errors(state, samples, progress=state.progress)
-    print(report.format_table(rows))
-    state.quant_info["report_rows"] = rows
-    state.quant_info.setdefault("files", {}).update({
-        "quant_report.json": lambda path: report.save(rows, json_path=path),
-        "quant_report.png": lambda path: report.save(rows, png_path=path),
-    })
 
 
 def stage_offload(state: CompileState):
@@ -179,13 +166,6 @@ def stage_offload(state: CompileState):
     from .accel import offload_stage
 
     offload_stage(state)
-
-
-def lower_passes(target):
-    """Legalize Relax ops to TIR and fuse them (TVM's CPU legalize passes)."""
-    from tvm.relax.backend.cpu_generic.pipeline import legalize_passes, library_dispatch_passes
-
-    return library_dispatch_passes(target) + legalize_passes(target)
 
 
 def stage_lower(state: CompileState):
@@ -219,33 +199,6 @@ def stage_apply_records(state: CompileState):
             state.notes.append(report.summary())
 
 
-def build_passes(target):
-    from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
-
-    return dataflow_lower_passes(target) + finalize_passes(target)
-
-
-def host_vm(mod):
-    """A VirtualMachine on this CPU for a helper module (calibration, the error report, the
-    sensitivity model), built like a compile for target 'auto': lowering, default schedules for
-    every kernel (no records: helper modules are one-offs), build passes."""
-    import tvm
-    from tvm import relax
-
-    from .target import load_target
-    from .tune import default_schedule
-
-    host = load_target("auto")
-    target = host.tvm()
-    with target, tvm.transform.PassContext(opt_level=3):
-        for p in lower_passes(target):
-            mod = p(mod)
-        if getattr(host.tuning, "default_schedule", True):
-            mod = default_schedule.apply_default_schedule(mod, target)
-    ex = tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(build_passes(target)))
-    return relax.VirtualMachine(ex, tvm.cpu())
-
-
 def stage_build(state: CompileState):
     import tvm
 
@@ -259,7 +212,7 @@ def stage_build(state: CompileState):
 
 
 def stage_export(state: CompileState):
-    from .runtime.artifact import Artifact, write_artifact
+    from .artifact import Artifact, write_artifact
 
     if state.out_dir is None:
         state.artifact = Artifact.in_memory(state)

@@ -166,7 +166,7 @@ INT8_LAYERS = [
 def test_integer_kernels_are_bit_exact(kind, shape, dtype_a):
     import tvm
 
-    from qcompile.pipeline import lower_passes
+    from qcompile.build import lower_passes
 
     target = qcompile.load_target(X86).tvm()
     mod = _int8_layer_module(kind, shape, dtype_a)
@@ -193,7 +193,7 @@ def test_matrix_vector_product_spends_the_registers_on_the_output_row():
     import tvm
     from tvm import relax
 
-    from qcompile.pipeline import lower_passes
+    from qcompile.build import lower_passes
 
     target = qcompile.load_target(X86).tvm()
     bb = relax.BlockBuilder()

@@ -62,7 +62,7 @@ def compile_module(mod, spec):
     """PackConvWeights + lower + default schedule + build, as the compile pipeline does."""
     import tvm
 
-    from qcompile.pipeline import build_passes, lower_passes
+    from qcompile.build import build_passes, lower_passes
 
     target = spec.tvm()
     report = ds.DefaultScheduleReport()
@@ -231,7 +231,7 @@ def test_tuning_space_tensorizes_the_packed_conv(target, instruction):
     from tvm.s_tir import meta_schedule as ms
 
     from qcompile.intrin import dot_intrin_for
-    from qcompile.pipeline import lower_passes
+    from qcompile.build import lower_passes
     from qcompile.tune.tuner import serial_space, tuning_target, use_cpu_tensor_intrinsics, with_dot_intrinsics
 
     spec = qcompile.load_target(target)

@@ -20,7 +20,7 @@ import pytest
 from qcompile import zoo
 from qcompile.cli import main as qcompile_main
 from qcompile.errors import BoardLostError, NoBoardError, RemoteLoadError, SessionTimeoutError
-from qcompile.runtime.artifact import Artifact
+from qcompile.artifact import Artifact
 from qcompile.runtime.bench import benchmark
 from qcompile.runtime.rpc import (RunOptions, bench_remote, library_arch, make_rpc_runner, parse_endpoint,
                                   triple_arch)
@@ -319,7 +319,7 @@ def test_rpc_runner_measures_a_tir_kernel_on_a_board(farm, tmp_path):
 
     import argparse
 
-    from qcompile.runtime.rpc_cli import add_tune_rpc_options, runner_from_args
+    from qcompile.cli.rpc import add_tune_rpc_options, runner_from_args
 
     func, path = _tiny_kernel_library(tmp_path)
     parser = argparse.ArgumentParser()

@@ -81,7 +81,7 @@ def test_split_kernels_get_a_tiled_default_schedule():
     target = load_target("x86_64").tvm()
 
     def rules(m):
-        from qcompile.pipeline import lower_passes
+        from qcompile.build import lower_passes
 
         with target, tvm.transform.PassContext(opt_level=3):
             for p in lower_passes(target):

@@ -16,7 +16,8 @@ partition (the Relax pass), runtime (packed function, statistics), report (table
 
 from __future__ import annotations
 
-from .config import AccelConfig, config_of, default_config
+from ..target import config_of
+from ..target.accelerator import AccelConfig, default_config
 
 
 def offload(mod, target, *, config: AccelConfig | None = None):

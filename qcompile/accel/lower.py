@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import isa
-from .config import UOP_BYTES, AccelConfig
+from ..target.accelerator import UOP_BYTES, AccelConfig
 from .isa import MEM_ACC, MEM_ACC8, MEM_INP, MEM_UOP, MEM_WGT
 from .program import Program, nchw_shape, packed_shape
 

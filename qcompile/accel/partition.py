@@ -27,7 +27,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .config import AccelConfig
+from ..target.accelerator import AccelConfig
 from .lower import AddLayer, ConvLayer, Requant, Unsupported, dense_layer, lower
 from .runtime import FUNC_NAME
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import isa
-from .config import AccelConfig
+from ..target.accelerator import AccelConfig
 
 MAGIC = b"QACC"
 VERSION = 1

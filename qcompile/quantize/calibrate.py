@@ -17,8 +17,11 @@ import os
 
 import numpy as np
 
+from ..build import host_vm
 from ..errors import CalibrationError
+from .annotate import QuantPlan
 from .observers import make_observer
+from .realize import Realizer
 
 
 def load_calib(src) -> dict:
@@ -84,8 +87,6 @@ def calibration_module(plan, tensors=None):
     import tvm
     from tvm import relax
 
-    from .annotate import QuantPlan
-    from .realize import Realizer
 
     tensors = list(plan.observe if tensors is None else tensors)
     float_plan = QuantPlan(layers=[], observe=[], func=plan.func, mod=plan.mod)
@@ -101,7 +102,6 @@ def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: d
     since 16 bits resolve the full range and clipping would only add error."""
     import tvm
 
-    from ..pipeline import host_vm
 
     if not plan.observe:
         return {}, {}

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .realize import Realizer
-from .rules.conv import quantize_weight
+from .weights import quantize_weight
 
 _ONNX_DTYPE = {"int8": 3, "uint8": 2, "int16": 5}  # TensorProto.INT8 / UINT8 / INT16
 

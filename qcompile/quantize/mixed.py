@@ -23,15 +23,16 @@ import sys
 import numpy as np
 
 from ..errors import CalibrationError
+from .calibrate import check_calib, load_calib
 from .qconfig import BUDGET_METRICS
+from .report import layer_errors, layer_report
+from .sensitivity import leave_out, shared_tensor_groups
 
 _TRIAL_STAGES = ("annotate", "calibrate", "realize", "offload", "lower", "apply_records", "build", "export")
 
 
 def search(pipe, state):
     """Run the budget loop from a state after 'preprocess'. Returns the chosen state (not exported)."""
-    from .calibrate import check_calib, load_calib
-
     qconfig, budget = state.qconfig, state.qconfig.budget
     metric, bound_key = budget["metric"], BUDGET_METRICS[budget["metric"]]
     bound = float(budget[bound_key])
@@ -97,10 +98,8 @@ def search(pipe, state):
     _print(report)
     chosen.out_dir = out_dir
     if state.quant_info.get("want_report"):
-        from ..pipeline import _layer_report
-
         chosen.quant_info["evaluation"] = {"inputs": eval_inputs}
-        _layer_report(chosen)
+        layer_report(chosen)
     chosen.quant_info["mixed"] = report
     chosen.quant_info.setdefault("summary", {})["mixed_precision"] = report
     return chosen
@@ -116,7 +115,6 @@ def _rank_measured(first, eval_inputs, reference, metric, bound_key, labels, pro
     producer is also measured together with the quantized layers that read its output
     (``sensitivity.shared_tensor_groups``), and a group that gains more than its members' gains
     summed enters the ranking as one unit, at its gain."""
-    from .sensitivity import leave_out, shared_tensor_groups
 
     plan = first.quant_info["plan"]
     compute = [layer.name for layer in plan.layers if _is_compute(first, layer.name)]
@@ -148,8 +146,6 @@ def _rank_measured(first, eval_inputs, reference, metric, bound_key, labels, pro
 
 
 def _rank_by_snr(first, eval_inputs):
-    from .report import layer_errors
-
     rows = layer_errors(first, eval_inputs, progress=False)
     ranked = sorted((r for r in rows if _is_compute(first, r["layer"])), key=lambda r: (-r["snr_drop_db"], r["snr_db"]))
     return [r["layer"] for r in ranked]

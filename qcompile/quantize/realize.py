@@ -21,17 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import fixed_point
+from .layer import QTensor
 from .observers import choose_qparams
-
-
-@dataclass
-class QTensor:
-    """Integer codes with their per-tensor quantization parameters."""
-
-    expr: object
-    scale: float
-    zp: int
-    dtype: str
+from .weights import quantize_weight
 
 
 def realize(state):
@@ -153,8 +145,6 @@ class Realizer:
     def _with_fake_weight(self, layer, call):
         import tvm
         from tvm import relax
-
-        from .rules.conv import quantize_weight
 
         axis = 0 if layer.op == "relax.nn.conv2d" else 1
         scale, codes = quantize_weight(layer.weight, self.weight_dtype(layer), self.qconfig, axis=axis)

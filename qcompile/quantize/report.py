@@ -14,6 +14,11 @@ import os
 
 import numpy as np
 
+from ..build import host_vm
+from ..io import write_json_atomic
+from .calibrate import calibration_module, check_calib, load_calib
+from .realize import Realizer
+from .reference import dequantize, quantize
 
 class _Stats:
     """Running sums for one tensor pair, so memory stays bounded."""
@@ -43,10 +48,6 @@ def layer_errors(state, samples: dict, max_samples: int = 64, progress: bool = T
     """Per-layer error rows for a compile state after realize (plan, ranges, qconfig in quant_info)."""
     import tvm
     from tvm import relax
-
-    from ..pipeline import host_vm
-    from .calibrate import calibration_module, check_calib
-    from .realize import Realizer
 
     plan, ranges, qconfig = (state.quant_info[k] for k in ("plan", "ranges", "qconfig"))
     rz = Realizer(plan, ranges, qconfig, state.quant_info.get("full_ranges"))
@@ -89,7 +90,6 @@ def layer_errors(state, samples: dict, max_samples: int = 64, progress: bool = T
 
 def _input_snr(state, data: dict, n: int, rz) -> dict:
     """SNR of quantizing each model input that enters an integer layer (the entry quantize)."""
-    from .reference import dequantize, quantize
 
     out = {}
     for param, spec in zip(rz.plan.func.params, state.model.inputs):
@@ -115,7 +115,6 @@ def format_table(rows: list[dict]) -> str:
 
 def save(rows: list[dict], json_path: str | None = None, png_path: str | None = None):
     """Write the rows as JSON and a bar chart of SNR per layer (both atomically)."""
-    from ..cli import write_json_atomic
 
     if json_path:
         write_json_atomic(json_path, [{k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in r.items()}
@@ -138,3 +137,16 @@ def save(rows: list[dict], json_path: str | None = None, png_path: str | None = 
         fig.savefig(tmp, dpi=110)
         plt.close(fig)
         os.replace(tmp, png_path)
+
+
+def layer_report(state):
+    """Compute, print and attach the per-layer table (saved in the artifact as quant_report.json/.png)."""
+    evaluation = state.quant_info.get("evaluation") or {}
+    samples = evaluation.get("inputs") or load_calib(state.calib)
+    rows = layer_errors(state, samples, progress=state.progress)
+    print(format_table(rows))
+    state.quant_info["report_rows"] = rows
+    state.quant_info.setdefault("files", {}).update({
+        "quant_report.json": lambda path: save(rows, json_path=path),
+        "quant_report.png": lambda path: save(rows, png_path=path),
+    })

@@ -18,6 +18,8 @@ import dataclasses
 
 import numpy as np
 
+from ..build import host_vm
+from ..io import flatten_tensors
 from .realize import Realizer
 
 GATES = "qcompile_gates"
@@ -68,7 +70,6 @@ class GatedModel:
     def __init__(self, state):
         from tvm import relax
 
-        from ..pipeline import host_vm
 
         info = state.quant_info
         plan = info["plan"]
@@ -83,7 +84,6 @@ class GatedModel:
     def run(self, inputs: dict, gates) -> dict:
         import tvm
 
-        from ..runtime.artifact import _flatten
 
         n, batch = len(next(iter(inputs.values()))), self.inputs[0].shape[0]
         g = np.ones(max(1, len(self.layers)), np.float32)
@@ -92,7 +92,7 @@ class GatedModel:
         runs = []
         for i in range(0, n, batch):
             args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[s.name][i:i + batch])) for s in self.inputs]
-            runs.append([o.numpy() for o in _flatten(self.vm["main"](*args, gt))])
+            runs.append([o.numpy() for o in flatten_tensors(self.vm["main"](*args, gt))])
         return {name: np.concatenate([r[k] for r in runs]) for k, name in enumerate(self.outputs)}
 
 

@@ -530,16 +530,14 @@ def _rejected_as_foreign(dlopen_message: str, lib_name: str) -> bool:
 def board_fields(artifact, board: Board, info: BoardInfo) -> dict:
     """The keys a remote result adds to local bench's: where it ran, and what was measured."""
     return {"rpc_key": board.key, "board": board.name, "tracker": str(board.tracker) if board.tracker else None,
-            "board_triple": info.triple, "board_cpu": info.cpu, "emulated": _is_emulated(board.key),
+            "board_triple": info.triple, "board_cpu": info.cpu, "emulated": is_emulated_key(board.key),
             "model": model_name(artifact), "precision": precision_of(artifact)}
 
 
-def _is_emulated(key: str) -> bool:
-    try:
-        from .boards import is_emulated_key
-    except ImportError:
-        return key.endswith("-qemu")
-    return bool(is_emulated_key(key))
+def is_emulated_key(key: str) -> bool:
+    """True for a tracker key served by an emulated board (its timings are not performance): the
+    boards qcompile builds (qcompile.runtime.boards) register under keys ending in '-qemu'."""
+    return bool(key) and key.endswith("-qemu")
 
 
 def model_name(artifact) -> str:

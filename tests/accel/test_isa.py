@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qcompile.accel import isa
-from qcompile.accel.config import default_config
+from qcompile.target.accelerator import default_config
 from qcompile.accel.program import Program
 
 RNG = np.random.default_rng(0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qcompile.accel import timing
-from qcompile.accel.config import default_config
+from qcompile.target.accelerator import default_config
 from qcompile.accel.lower import (AddLayer, ConvLayer, Requant, Unsupported, add_reference, dense_layer, lower,
                                   lower_conv2d, plan_requant, requant_reference)
 from qcompile.accel.sim import Simulator, alu_apply

@@ -243,7 +243,7 @@ def test_report_table_plot_and_cli(digits, tmp_path, capsys):
     import json
     import shutil
 
-    from qcompile.accel import report as accel_report
+    from qcompile.cli import accel_report
 
     vta, _, report = digits
     rep = {k: v for k, v in report.items() if k not in ("realized", "offloaded")}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qcompile.accel import isa, timing
-from qcompile.accel.config import default_config
+from qcompile.target.accelerator import default_config
 from qcompile.accel.lower import ConvLayer, Requant, TilingError, lower_conv2d
 from qcompile.accel.program import Program
 from qcompile.accel.sim import BufferOverflowError, DeadlockError, HazardError, ProtocolError, Simulator

@@ -12,7 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module")
 def qdq_model(tmp_path_factory):
-    from qcompile.demo import ort_int8_model
+    from qcompile.cli.demo import ort_int8_model
 
     path = tmp_path_factory.mktemp("qdq") / "digits_qdq.onnx"
     return ort_int8_model(zoo.DIGITS_MODEL, zoo.digits_calib(), str(path))
@@ -78,7 +78,7 @@ def test_ort_baseline_writes_nothing_beside_the_source_model(tmp_path):
     import os
     import shutil
 
-    from qcompile.demo import ort_int8_model
+    from qcompile.cli.demo import ort_int8_model
 
     src = tmp_path / "src"
     src.mkdir()

@@ -13,7 +13,7 @@ from qcompile.model import Model, TensorSpec
 from qcompile.quantize import fixed_point, reference
 from qcompile.quantize.observers import choose_qparams
 from qcompile.quantize.qconfig import QConfig
-from qcompile.quantize.rules.conv import fold_bias, quantize_weight
+from qcompile.quantize.weights import fold_bias, quantize_weight
 
 RNG = np.random.default_rng(0)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from ..layer import Layer
+
 RULES: dict[str, "Rule"] = {}
 _LOADED = False
 
@@ -54,8 +56,6 @@ class Rule:
     kind = "compute"
 
     def match(self, binding, graph):
-        from ..annotate import Layer
-
         return Layer.single(binding, self, graph)
 
     def keep_float(self, layer, rz) -> str | None:

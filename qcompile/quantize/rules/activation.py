@@ -7,6 +7,8 @@ fp32, and a ReLU right after a conv/matmul/add is absorbed by that layer anyway)
 
 from __future__ import annotations
 
+from ..layer import Layer, QTensor
+from ..realize import clamp_bounds
 from . import Rule, register
 from ._fuse import prim_float
 
@@ -15,8 +17,6 @@ class _ExactUnary(Rule):
     kind = "exact"
 
     def match(self, binding, graph):
-        from ..annotate import Layer
-
         if not graph.is_tensor_var(binding.value.args[0]):
             return None
         return Layer.single(binding, self, graph, inputs=[binding.value.args[0]])
@@ -39,8 +39,6 @@ class ClipRule(_ExactUnary):
 
 def _clamped(layer, rz, bounds):
     from tvm import relax
-
-    from ..realize import QTensor, clamp_bounds
 
     q = rz.integer(layer.inputs[0])
     if q is None:

@@ -3,6 +3,7 @@ copy when they already match), then the codes are concatenated."""
 
 from __future__ import annotations
 
+from ..layer import Layer, QTensor
 from . import Rule, register
 
 
@@ -11,8 +12,6 @@ class ConcatRule(Rule):
     def match(self, binding, graph):
         from tvm import relax
 
-        from ..annotate import Layer
-
         tup = binding.value.args[0]
         if not isinstance(tup, relax.Tuple) or not all(graph.is_tensor_var(f) for f in tup.fields):
             return None
@@ -20,8 +19,6 @@ class ConcatRule(Rule):
 
     def realize(self, layer, rz):
         from tvm import relax
-
-        from ..realize import QTensor
 
         dtype = rz.act_dtype(layer)
         out_scale, out_zp = rz.qparams(layer.out, dtype)

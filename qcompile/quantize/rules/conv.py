@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fixed_point
-from ..observers import weight_qparams
-from ..reference import quantize as quantize_ref
+from ..weights import fold_bias, quantize_weight
+from ..layer import Layer, QTensor
 from . import Rule, register
 from ._fuse import absorb_activation, absorb_bias
 
@@ -22,8 +22,6 @@ from ._fuse import absorb_activation, absorb_bias
 @register("relax.nn.conv2d")
 class Conv2dRule(Rule):
     def match(self, binding, graph):
-        from ..annotate import Layer
-
         call = binding.value
         weight = graph.const(call.args[1])
         attrs = call.attrs
@@ -62,24 +60,4 @@ class Conv2dRule(Rule):
         bound = fixed_point.acc_bound(k, a_dtype, w_dtype, x.zp, 0) + int(np.abs(bias_q).max(initial=0))
         out = rz.requantize(acc, acc_scale, out_scale, out_zp, a_dtype, axis=1, clip=layer.clip,
                             acc_bound=bound if acc_dtype == "int64" else None)
-        from ..realize import QTensor
-
         return QTensor(out, out_scale, out_zp, a_dtype)
-
-
-def quantize_weight(w: np.ndarray, dtype: str, qconfig, axis: int):
-    """Symmetric weight codes, per channel along `axis` (or per tensor when per_channel is off)."""
-    per_channel_axis = axis if qconfig.per_channel else None
-    scale, _ = weight_qparams(w, axis=per_channel_axis, dtype=dtype, method=qconfig.weight_method, symmetric=True)
-    scale = np.broadcast_to(np.asarray(scale, np.float32), (w.shape[axis],)).copy()
-    if getattr(qconfig, "power_of_two_scales", False):
-        scale = (2.0 ** np.ceil(np.log2(scale))).astype(np.float32)
-    q = quantize_ref(w, scale, 0, dtype, axis=axis, narrow_range=True)
-    return scale, q
-
-
-def fold_bias(bias, acc_scale: np.ndarray, x_zp: int, w_sums: np.ndarray) -> np.ndarray:
-    """bias in accumulator units, with the input zero-point correction folded in (int64)."""
-    b = np.zeros_like(acc_scale) if bias is None else np.asarray(bias, np.float64)
-    q = np.rint(b / acc_scale).astype(np.int64) - int(x_zp) * w_sums.astype(np.int64)
-    return q

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from .. import fixed_point
 from ..reference import add_left_shift
+from ..layer import Layer, QTensor
 from . import Rule, register
 from ._fuse import absorb_activation
 
 
 class _BinaryRule(Rule):
     def match(self, binding, graph):
-        from ..annotate import Layer
-
         a, b = binding.value.args
         if not (graph.is_tensor_var(a) and graph.is_tensor_var(b)):
             return None
@@ -65,8 +64,6 @@ class AddRule(_BinaryRule):
     def realize(self, layer, rz):
         from tvm import relax
 
-        from ..realize import QTensor
-
         dtype = rz.act_dtype(layer)
         qa, qb = (rz.qin(v, dtype) for v in layer.inputs)
         out_scale, out_zp = rz.qparams(layer.out, dtype)
@@ -87,8 +84,6 @@ class AddRule(_BinaryRule):
 class MultiplyRule(_BinaryRule):
     def realize(self, layer, rz):
         from tvm import relax
-
-        from ..realize import QTensor
 
         dtype = rz.act_dtype(layer)
         qa, qb = (rz.qin(v, dtype) for v in layer.inputs)

@@ -12,16 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fixed_point
+from ..weights import fold_bias, quantize_weight
+from ..layer import Layer, QTensor
 from . import Rule, register
 from ._fuse import absorb_activation, absorb_bias
-from .conv import fold_bias, quantize_weight
 
 
 @register("relax.matmul")
 class MatmulRule(Rule):
     def match(self, binding, graph):
-        from ..annotate import Layer
-
         call = binding.value
         a, b = call.args
         if not graph.is_tensor_var(a):
@@ -70,8 +69,6 @@ class MatmulRule(Rule):
     def _dense(self, layer, rz):
         from tvm import relax
 
-        from ..realize import QTensor
-
         a_dtype, w_dtype = rz.act_dtype(layer), rz.weight_dtype(layer)
         x = rz.qin(layer.inputs[0], a_dtype)
         w_scale, w_q = quantize_weight(layer.weight, w_dtype, rz.qconfig, axis=1)
@@ -89,8 +86,6 @@ class MatmulRule(Rule):
 
     def _batched(self, layer, rz):
         from tvm import relax
-
-        from ..realize import QTensor
 
         a_dtype = rz.act_dtype(layer)
         wide = "int16" if a_dtype in ("int8", "uint8") else "int32"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..layer import Layer, QTensor
 from . import Rule, register
 
 
@@ -15,16 +16,12 @@ class MaxPoolRule(Rule):
     kind = "exact"
 
     def match(self, binding, graph):
-        from ..annotate import Layer
-
         if not graph.is_tensor_var(binding.value.args[0]):
             return None
         return Layer.single(binding, self, graph, inputs=[binding.value.args[0]])
 
     def realize(self, layer, rz):
         from tvm import relax
-
-        from ..realize import QTensor
 
         q = rz.integer(layer.inputs[0])
         if q is None:
@@ -36,16 +33,12 @@ class MaxPoolRule(Rule):
 @register("relax.mean")
 class MeanRule(Rule):
     def match(self, binding, graph):
-        from ..annotate import Layer
-
         if not graph.is_tensor_var(binding.value.args[0]) or binding.value.attrs.axis is None:
             return None
         return Layer.single(binding, self, graph, inputs=[binding.value.args[0]])
 
     def realize(self, layer, rz):
         from tvm import relax
-
-        from ..realize import QTensor
 
         dtype = rz.act_dtype(layer)
         q = rz.qin(layer.inputs[0], dtype)
@@ -64,8 +57,6 @@ class MeanRule(Rule):
 @register("relax.nn.avg_pool2d")
 class AvgPoolRule(Rule):
     def match(self, binding, graph):
-        from ..annotate import Layer
-
         attrs = binding.value.attrs
         padded = any(int(p) for p in attrs.padding)
         if not graph.is_tensor_var(binding.value.args[0]) or attrs.ceil_mode or attrs.layout != "NCHW":
@@ -76,8 +67,6 @@ class AvgPoolRule(Rule):
 
     def realize(self, layer, rz):
         from tvm import relax
-
-        from ..realize import QTensor
 
         attrs = layer.call.attrs
         dtype = rz.act_dtype(layer)

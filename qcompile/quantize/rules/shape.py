@@ -4,6 +4,7 @@ They stay integer only when their input already is."""
 
 from __future__ import annotations
 
+from ..layer import Layer, QTensor
 from . import Rule, register
 
 
@@ -13,8 +14,6 @@ class DataMovementRule(Rule):
     kind = "exact"
 
     def match(self, binding, graph):
-        from ..annotate import Layer
-
         if not graph.is_tensor_var(binding.value.args[0]):
             return None
         if str(binding.value.op.name) == "relax.split":
@@ -23,8 +22,6 @@ class DataMovementRule(Rule):
 
     def realize(self, layer, rz):
         from tvm import relax
-
-        from ..realize import QTensor
 
         q = rz.integer(layer.inputs[0])
         if q is None:
@@ -38,8 +35,6 @@ class DataMovementRule(Rule):
 class PadRule(DataMovementRule):
     def realize(self, layer, rz):
         from tvm import relax
-
-        from ..realize import QTensor
 
         q = rz.integer(layer.inputs[0])
         attrs = layer.call.attrs

@@ -13,18 +13,12 @@ every instruction, so it is tens of times slower than real hardware and its rela
 differ too. Emulated boards register with keys that say so (``aarch64-qemu``).
 """
 
+from ..rpc import is_emulated_key
 from .qemu_aarch64 import DEFAULT_KEY as QEMU_AARCH64_KEY
 from .qemu_aarch64 import QemuAarch64Board
 
 BOARDS = {"qemu-aarch64": QemuAarch64Board}
 
-# RPC keys of emulated boards: latency measured through them is not real-hardware latency.
-EMULATED_KEYS = (QEMU_AARCH64_KEY,)
+# every emulated board's key ends in '-qemu' (is_emulated_key): timings through it are not hardware's
 
-
-def is_emulated_key(key: str) -> bool:
-    """True for a tracker key served by an emulated board (its timings are not performance)."""
-    return key in EMULATED_KEYS or key.endswith("-qemu")
-
-
-__all__ = ["BOARDS", "QemuAarch64Board", "EMULATED_KEYS", "is_emulated_key"]
+__all__ = ["BOARDS", "QemuAarch64Board", "QEMU_AARCH64_KEY", "is_emulated_key"]

@@ -41,7 +41,8 @@ import subprocess
 import sys
 import time
 
-from ...errors import QCompileError
+from ...errors import QCompileError, RemoteError
+from ..rpc import Endpoint, Tracker
 
 DEFAULT_KEY = "aarch64-qemu"
 DEFAULT_SUITE = "bookworm"          # Debian 12: python3.11, the version TVM 0.27's wheels are built for
@@ -348,9 +349,6 @@ class BoardServer:
 
     def wait_registered(self, timeout: float = 300.0) -> float:
         """Block until the tracker has a free `key` server; returns the seconds it took."""
-        from ...errors import RemoteError
-        from ..rpc import Endpoint, Tracker
-
         start = time.perf_counter()
         while time.perf_counter() - start < timeout:
             if self.proc.poll() is not None:

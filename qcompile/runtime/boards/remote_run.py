@@ -45,7 +45,8 @@ def run_in_session(artifact, inputs, remote) -> dict[str, np.ndarray]:
     import tvm
     from tvm import relax
 
-    from ..artifact import _flatten, _num_chunks
+    from ...artifact import _num_chunks
+    from ...io import flatten_tensors
 
     if artifact.library_path is None or not os.path.isfile(artifact.library_path):
         from ...errors import ArtifactError
@@ -61,6 +62,6 @@ def run_in_session(artifact, inputs, remote) -> dict[str, np.ndarray]:
     for i in range(chunks):
         batch = [a[i * s.shape[0]:(i + 1) * s.shape[0]] if chunks > 1 else a for a, s in zip(arrays, artifact.inputs)]
         out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(b), dev) for b in batch])
-        results.append([o.numpy() for o in _flatten(out)])
+        results.append([o.numpy() for o in flatten_tensors(out)])
     return {o.name: np.concatenate([r[k] for r in results], axis=0) if chunks > 1 else results[0][k]
             for k, o in enumerate(artifact.outputs)}

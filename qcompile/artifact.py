@@ -17,8 +17,9 @@ import tempfile
 
 import numpy as np
 
-from ..errors import ArtifactError, InputError
-from ..model import TensorSpec
+from .errors import ArtifactError, InputError
+from .io import flatten_tensors
+from .model import TensorSpec
 
 METADATA = "metadata.json"
 FORMAT_VERSION = 1
@@ -77,7 +78,7 @@ class Artifact:
         if not t.get("runs_on_host", True):
             raise ArtifactError(f"artifact was built for target '{t['name']}' ({t['tvm_target']}), which does not run "
                                 "on this machine; run it on a board with 'qcompile bench OUT --rpc-tracker HOST:PORT --rpc-key KEY'")
-        from ..cpu_features import host_cpu_flags
+        from .cpu_features import host_cpu_flags
 
         flags = host_cpu_flags()
         missing = [f for f in t.get("requires_cpu_flags", []) if flags is not None and f not in flags]
@@ -116,7 +117,7 @@ class Artifact:
 
         # np.require keeps 0-d (scalar) inputs 0-d; ascontiguousarray would make them 1-d
         out = self.vm["main"](*[tvm.runtime.tensor(np.require(a, requirements="C")) for a in arrays])
-        return [o.numpy() for o in _flatten(out)]
+        return [o.numpy() for o in flatten_tensors(out)]
 
     def check_inputs(self, inputs) -> list[np.ndarray]:
         """Validate names/dtypes/shapes against the signature; return arrays in input order."""
@@ -163,17 +164,6 @@ def _num_chunks(specs, arrays) -> int:
     if len(counts) > 1:
         raise InputError(f"inputs hold different numbers of batches ({sorted(counts)}); give every input the same count")
     return counts.pop() if counts else 1
-
-
-def _flatten(out):
-    import tvm
-
-    if isinstance(out, tvm.runtime.Tensor):
-        return [out]
-    flat = []
-    for o in out:
-        flat.extend(_flatten(o))
-    return flat
 
 
 # ---------------------------------------------------------------------------- writing

@@ -16,8 +16,9 @@ import json
 import os
 import sys
 
-from . import cpu_features
-from .errors import QCompileError
+from .. import cpu_features
+from ..errors import QCompileError
+from ..io import load_npz, save_npz_atomic, write_json_atomic  # noqa: F401  (sub-commands use them too)
 
 EPILOG = "Run 'qcompile COMMAND --help' for the options of one command."
 
@@ -58,8 +59,8 @@ def _extra_commands():
     import importlib
 
     out = []
-    for mod_name in ("qcompile.quantize.cli", "qcompile.tune.cli", "qcompile.runtime.rpc_cli", "qcompile.report_cli",
-                     "qcompile.runtime.board_cli"):
+    for mod_name in ("qcompile.cli.quantize", "qcompile.tune.cli", "qcompile.cli.rpc", "qcompile.cli.report",
+                     "qcompile.cli.board"):
         try:
             mod = importlib.import_module(mod_name)
         except ModuleNotFoundError as err:
@@ -71,7 +72,7 @@ def _extra_commands():
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return f"qcompile {__version__}"
 
@@ -107,7 +108,7 @@ def _add_compile(sub):
                    help="where to insert the matching --pass: after:preprocess, before:lower, ... "
                         "(stages: import preprocess annotate calibrate realize offload lower apply_records build export)")
     try:
-        from .quantize.cli import add_quantize_options
+        from .quantize import add_quantize_options
     except ModuleNotFoundError:
         pass
     else:
@@ -120,7 +121,7 @@ def load_user_pass(spec: str):
     import importlib
     import importlib.util
 
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     mod_name, sep, obj_name = spec.rpartition(":")
     if not sep or not mod_name or not obj_name:
@@ -158,8 +159,8 @@ def _takes_no_args(fn) -> bool:
 
 
 def make_pipeline(args, qconfig=None):
-    from .errors import ConfigError
-    from .pipeline import Pipeline
+    from ..errors import ConfigError
+    from ..pipeline import Pipeline
 
     pipe = Pipeline(target=args.target, qconfig=qconfig, records=args.records, input_shapes=args.input_shape,
                     quant_report=bool(getattr(args, "report", False)),
@@ -179,7 +180,7 @@ def make_pipeline(args, qconfig=None):
 def cmd_compile(args):
     qconfig, calib, evaluation = None, None, None
     if hasattr(args, "quantize"):
-        from .quantize.cli import qconfig_from_args
+        from .quantize import qconfig_from_args
 
         qconfig, calib, evaluation = qconfig_from_args(args)
     pipe = make_pipeline(args, qconfig)
@@ -205,58 +206,8 @@ def _add_run(sub):
     p.set_defaults(func=cmd_run)
 
 
-def load_npz(path: str) -> dict:
-    import zipfile
-
-    import numpy as np
-
-    from .errors import InputError
-
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such inputs file")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise InputError(f"{path}: not a readable .npz file ({err})") from None
-
-
-def save_npz_atomic(path: str, arrays: dict):
-    import tempfile
-
-    import numpy as np
-
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str, obj):
-    import tempfile
-
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def cmd_run(args):
-    from .runtime.artifact import Artifact
+    from ..artifact import Artifact
 
     art = Artifact.load(args.artifact)
     outputs = art.run(load_npz(args.inputs))
@@ -289,7 +240,7 @@ def _add_bench(sub):
                    help="also print the time per fused kernel / VM op, sorted, with its share of the total "
                         "(each kernel timed alone on the arguments of a real run; JSON key 'profile')")
     try:
-        from .runtime.rpc_cli import add_remote_bench_options
+        from .rpc import add_remote_bench_options
     except ModuleNotFoundError:
         pass
     else:
@@ -298,19 +249,19 @@ def _add_bench(sub):
 
 
 def cmd_bench(args):
-    from .runtime.artifact import Artifact
-    from .runtime.bench import benchmark, format_bench
+    from ..artifact import Artifact
+    from ..runtime.bench import benchmark, format_bench
 
     art = Artifact.load(args.artifact)
     inputs = None
     if args.inputs:
         inputs = {k: v[: s.shape[0]] for (k, v), s in zip(load_npz(args.inputs).items(), art.inputs)}
     if hasattr(args, "rpc_tracker"):
-        from .runtime.rpc_cli import check_local_bench_args, cmd_remote_bench, is_remote
+        from .rpc import check_local_bench_args, cmd_remote_bench, is_remote
 
         if is_remote(args):
             if args.profile:
-                from .errors import ConfigError
+                from ..errors import ConfigError
 
                 raise ConfigError("--profile runs on this machine only; drop it for remote boards")
             return cmd_remote_bench(args, art, inputs, write_json_atomic)
@@ -318,15 +269,15 @@ def cmd_bench(args):
     result = benchmark(art, inputs, threads=args.threads, warmup=args.warmup, repeat=args.repeat, progress=True)
     print(format_bench(result))
     if args.profile:
-        from .runtime.bench import profile
-        from .runtime.profile import PROFILE_KEY, format_profile
+        from ..runtime.bench import profile
+        from ..runtime.profile import PROFILE_KEY, format_profile
 
         prof = profile(art, inputs, threads=args.threads, warmup=min(args.warmup, 3), repeat=args.repeat,
                        total_ms=result["median_ms"], progress=True)
         print(format_profile(prof))
         result[PROFILE_KEY] = {k: v for k, v in prof.items() if k not in ("threads", "target")}
     if art.metadata.get("accelerator"):
-        from .accel.report import bench_fields, format_latency, simulated_latency
+        from .accel_report import bench_fields, format_latency, simulated_latency
 
         extra = bench_fields(art.metadata)
         if extra:
@@ -335,8 +286,8 @@ def cmd_bench(args):
     if args.json:
         write_json_atomic(args.json, result)
     if getattr(args, "csv", None):
-        from .report import result_rows, write_csv_atomic
-        from .runtime.rpc import model_name, precision_of
+        from ..report import result_rows, write_csv_atomic
+        from ..runtime.rpc import model_name, precision_of
 
         write_csv_atomic(args.csv, result_rows(result, defaults={"model": model_name(art), "precision": precision_of(art)}))
     return 0
@@ -353,7 +304,7 @@ def _add_info(sub):
 
 def cmd_info(args):
     if os.path.isdir(args.path):
-        from .runtime.artifact import Artifact
+        from ..artifact import Artifact
 
         meta = Artifact.load(args.path).metadata
         print(f"artifact {args.path}")
@@ -365,7 +316,7 @@ def cmd_info(args):
         print(f"  versions {json.dumps(meta['versions'])}")
         print(f"  created  {meta['created']}")
         return 0
-    from .frontend import load
+    from ..frontend import load
 
     model = load(args.path, args.input_shape)
     print(f"model {model.source} ({model.format}, sha256 {model.sha256[:12]})")
@@ -406,7 +357,7 @@ def _add_targets(sub):
 
 
 def cmd_targets(args):
-    from .target import host_target_name, list_targets
+    from ..target import host_target_name, list_targets
 
     auto = host_target_name()
     for t in list_targets():
@@ -440,7 +391,7 @@ def _add_demo(sub):
 
 
 def cmd_demo(args):
-    from . import zoo
+    from .. import zoo
     from .demo import format_rows, run_demo
 
     quantize = None if args.quantize == "none" else args.quantize

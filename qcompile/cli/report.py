@@ -23,8 +23,8 @@ def _add_report(sub):
 def cmd_report(args):
     import os
 
-    from .accel import report as accel_report
-    from .report import format_table, load_results, plot_png, to_csv, write_csv_atomic
+    from . import accel_report
+    from ..report import format_table, load_results, plot_png, to_csv, write_csv_atomic
 
     accel_files = [f for f in args.files if accel_report.from_path(f)]
     for f in accel_files:

@@ -4,7 +4,7 @@ The offload report (``qcompile.accel.offload(...)[1]``, stored by the pipeline a
 ``metadata["accelerator"]``) holds the static cycle statistics of every offloaded layer.
 This module turns it into text and a PNG::
 
-    python -m qcompile.accel.report OUT_DIR [--png accel.png] [--run]
+    python -m qcompile.cli.accel_report OUT_DIR [--png accel.png] [--run]
 
 ``--run`` also executes one inference (seeded random inputs) and checks the runtime's
 recorded cycles against the static ones and reports how fast the simulator ran.
@@ -139,14 +139,14 @@ def plot(report: dict, path: str, title: str | None = None) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m qcompile.accel.report", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m qcompile.cli.accel_report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("artifact", metavar="OUT_DIR")
     ap.add_argument("--png", help="write the cycles / utilization / roofline plot here")
     ap.add_argument("--json", help="write the offload report as JSON")
     ap.add_argument("--run", action="store_true", help="run one inference through the simulator and check it")
     args = ap.parse_args(argv)
-    from ..runtime.artifact import Artifact
+    from ..artifact import Artifact
 
     art = Artifact.load(args.artifact)
     report = art.metadata.get("accelerator")
@@ -170,7 +170,7 @@ def run_once(art, inputs=None) -> dict:
     report), wall time of the simulator, simulated MACs per wall-second."""
     import time
 
-    from . import runtime
+    from ..accel import runtime
     from ..model import Model
 
     if inputs is None:

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from . import cpu_features
-from .bundled import bundled_dir
-from .errors import TargetError
+from .. import cpu_features
+from ..bundled import bundled_dir
+from ..errors import TargetError
+from .accelerator import AccelConfig
+from .intrinsics import check_names
 
 _INT_DTYPES = ("int8", "uint8", "int16")
 
@@ -119,6 +121,15 @@ class TargetSpec:
         """Whether this machine can run the target's code (same architecture, every feature present)."""
         return (self.runs_on_host and self.tvm_target.get("kind") == "llvm"
                 and self.arch == cpu_features.host_arch() and not self.missing_cpu_flags())
+
+
+def config_of(target) -> AccelConfig | None:
+    """The AccelConfig of a TargetSpec (or of a target name/path), None if it has no accelerator."""
+    spec = target if isinstance(target, TargetSpec) else load_target(target)
+    section = getattr(spec, "accelerator", None)
+    if section is None:
+        return None
+    return AccelConfig.from_dict(dict(section), spec.source)
 
 
 def target_dirs() -> list[str]:
@@ -260,15 +271,11 @@ def _check_values(spec: TargetSpec, path: str):
         raise TargetError(f"{path}: 'quant.accumulate_dtype' must be int32 or int64, got {q.accumulate_dtype!r}")
     if q.conv_layout not in ("NCHW", "NHWC"):
         raise TargetError(f"{path}: 'quant.conv_layout' must be NCHW or NHWC, got {q.conv_layout!r}")
-    from .intrin import check_names
-
     try:
         check_names(spec.intrinsics)
     except TargetError as err:
         raise TargetError(f"{path}: {err}") from None
     if spec.accelerator is not None:
-        from .accel.config import AccelConfig
-
         AccelConfig.from_dict(spec.accelerator, path)
 
 

@@ -196,21 +196,10 @@ def _coerce(f, value, key):
     return value
 
 
-def config_of(target) -> AccelConfig | None:
-    """The AccelConfig of a TargetSpec (or of a target name/path), None if it has no accelerator."""
-    from ..target import TargetSpec, load_target
-
-    spec = target if isinstance(target, TargetSpec) else load_target(target)
-    section = getattr(spec, "accelerator", None)
-    if section is None:
-        return None
-    return AccelConfig.from_dict(dict(section), spec.source)
-
-
 def default_config(**overrides) -> AccelConfig:
     cfg = dataclasses.replace(AccelConfig(), **overrides)
     cfg.validate()
     return cfg
 
 
-__all__ = ["AccelConfig", "config_of", "default_config", "ALU_OP_NAMES", "OFFLOADABLE", "UOP_BYTES"]
+__all__ = ["AccelConfig", "default_config", "ALU_OP_NAMES", "OFFLOADABLE", "UOP_BYTES"]

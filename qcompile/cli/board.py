@@ -34,7 +34,7 @@ def add_board_parser(sub):
                                     "and network access to a Debian mirror and PyPI.",
                         epilog="example: qcompile board qemu-aarch64 --dir ~/.cache/qcompile/boards/qemu-aarch64 "
                                "--tracker 127.0.0.1:9190")
-    from .boards.qemu_aarch64 import DEFAULT_KEY, DEFAULT_MIRROR, DEFAULT_SUITE, default_dir
+    from ..runtime.boards.qemu_aarch64 import DEFAULT_KEY, DEFAULT_MIRROR, DEFAULT_SUITE, default_dir
 
     q.add_argument("--dir", default=None, metavar="DIR",
                    help=f"where the board is built and cached (default: $QCOMPILE_BOARD_DIR/qemu-aarch64 or {default_dir()})")
@@ -56,7 +56,7 @@ def add_board_parser(sub):
 
 
 def cmd_board_qemu_aarch64(args):
-    from .boards.qemu_aarch64 import QemuAarch64Board
+    from ..runtime.boards.qemu_aarch64 import QemuAarch64Board
 
     board = QemuAarch64Board(args.dir, suite=args.suite, mirror=args.mirror, cpu=args.cpu)
     start = time.perf_counter()
@@ -71,8 +71,8 @@ def cmd_board_qemu_aarch64(args):
 
 def _serve(board, args) -> int:
     """Start the tracker (if needed) and the board's server; block until Ctrl-C or the server exits."""
-    from .rpc import Tracker as TrackerClient
-    from .rpc import parse_endpoint
+    from ..runtime.rpc import Tracker as TrackerClient
+    from ..runtime.rpc import parse_endpoint
 
     from ..errors import TrackerUnreachableError
 
@@ -121,7 +121,7 @@ def _stop_on_sigterm():
 def _start_tracker(ep):
     from tvm.rpc.tracker import Tracker
 
-    from .boards.qemu_aarch64 import BoardError
+    from ..runtime.boards.qemu_aarch64 import BoardError
 
     try:
         return Tracker(ep.host, port=ep.port, port_end=ep.port + 1, silent=True)

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import zoo
+from .. import zoo
 
 
 def ort_session(model, threads: int):
@@ -75,7 +75,7 @@ def ort_int8_model(model_path: str, calib: dict, out_path: str, method: str = "m
 
 def run_demo(target="auto", out_dir="qcompile-demo", threads=1, quantize=None, repeat=200) -> list[dict]:
     import qcompile
-    from .runtime.bench import benchmark
+    from ..runtime.bench import benchmark
 
     test_inputs, labels = zoo.digits_test()
     one = {k: v[:1] for k, v in test_inputs.items()}
@@ -114,7 +114,7 @@ def run_demo(target="auto", out_dir="qcompile-demo", threads=1, quantize=None, r
 
 
 def _demo_qconfig(quantize: str):
-    from .quantize.qconfig import QConfig
+    from ..quantize.qconfig import QConfig
 
     return QConfig.from_cli(quantize=quantize)
 

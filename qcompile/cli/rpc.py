@@ -17,8 +17,8 @@ import json
 import os
 import sys
 
-from .bench import format_bench
-from .rpc import (DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_SERVER_PORT, DEFAULT_SESSION_TIMEOUT_S, DEFAULT_TRACKER_PORT,
+from ..runtime.bench import format_bench
+from ..runtime.rpc import (DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_SERVER_PORT, DEFAULT_SESSION_TIMEOUT_S, DEFAULT_TRACKER_PORT,
                   Tracker, describe_keys, parse_endpoint)
 
 TRUST_WARNING = ("note: a TVM RPC server runs any library it is sent; {what} on {host} is reachable from other "
@@ -188,7 +188,7 @@ def cmd_remote_bench(args, artifact, inputs, write_json_atomic) -> int:
     """`qcompile bench` on boards: print each board's line, write what finished, then raise the first failure."""
     from ..errors import ConfigError
     from ..report import result_rows, write_csv_atomic
-    from .rpc import RunOptions, bench_remote
+    from ..runtime.rpc import RunOptions, bench_remote
 
     if args.rpc_tracker and args.rpc:
         raise ConfigError("give either --rpc-tracker (boards from a tracker) or --rpc (servers addressed directly)")
@@ -239,7 +239,7 @@ def add_tune_rpc_options(p):
 def runner_from_args(args):
     """A MetaSchedule RPCRunner when --rpc-tracker was given, else None (measure locally)."""
     from ..errors import ConfigError
-    from .rpc import make_rpc_runner
+    from ..runtime.rpc import make_rpc_runner
 
     if not getattr(args, "rpc_tracker", None):
         return None

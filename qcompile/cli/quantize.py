@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .qconfig import CALIB_METHODS, QConfig, parse_budget
+from ..quantize.qconfig import CALIB_METHODS, QConfig, parse_budget
 
 COMMANDS: list = []  # no subcommands of its own; the options join `compile`
 
@@ -72,7 +72,7 @@ def qconfig_from_args(args):
 def _evaluation(args):
     if not args.eval:
         return None
-    from ..cli import load_npz
+    from ..io import load_npz
 
     evaluation = {"inputs": load_npz(args.eval)}
     if args.eval_labels:
