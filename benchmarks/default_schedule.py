@@ -36,7 +36,7 @@ from qcompile.io import write_json_atomic  # noqa: E402
 from qcompile.cli.demo import ort_session  # noqa: E402
 from qcompile.pipeline import STAGES, CompileState, Pipeline  # noqa: E402
 from qcompile.runtime.bench import bench_vm, set_threads  # noqa: E402
-from qcompile.tune import records  # noqa: E402
+from qcompile.schedule import records  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CALIB = {"digits": 200, "squeezenet": 8, "resnet50": 4, "minilm": 16}
@@ -185,7 +185,7 @@ def kernel_table(name: str, mode: str, target: str, threads: int, extra_records=
     cover get a 'tuned'). only: kernel names containing one of these strings."""
     import tvm
 
-    from qcompile.tune import default_schedule as ds
+    from qcompile.schedule import default as ds
 
     variants, _, _ = compile_variants(name, mode, target)
     spec = qcompile.load_target(target)

@@ -8,7 +8,7 @@ same way (for target 'auto', with the default schedule, without tuning records).
 from __future__ import annotations
 
 from .target import load_target
-from .tune import default_schedule
+from .schedule import default as default_schedule
 
 
 def lower_passes(target):

@@ -40,7 +40,7 @@ class CompileState:
     qconfig: object = None
     calib: object = None
     records: list = field(default_factory=list)
-    default_schedule: bool = True   # schedule the kernels records left untuned (tune/default_schedule.py)
+    default_schedule: bool = True   # schedule the kernels records left untuned (schedule/default.py)
     out_dir: str | None = None
     model: Model | None = None
     mod: object = None
@@ -185,13 +185,13 @@ def stage_lower(state: CompileState):
 def stage_apply_records(state: CompileState):
     """Tuned schedules from the record folders; then a default schedule for every kernel left without
     one (CPU targets, unless turned off), instead of TVM's naive loop nest."""
-    from .tune import records
+    from .schedule import records
 
     state.mod, used = records.apply_records(state.mod, state.target, state.records)
     if used:
         state.notes.append(f"tuning records applied from {', '.join(used)}")
     if state.default_schedule:
-        from .tune import default_schedule
+        from .schedule import default as default_schedule
 
         report = default_schedule.DefaultScheduleReport()
         state.mod = default_schedule.apply_default_schedule(state.mod, state.target.tvm(), report=report)

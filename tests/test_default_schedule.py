@@ -13,8 +13,8 @@ import pytest
 import qcompile
 from qcompile import zoo
 from qcompile.pipeline import STAGES, CompileState, Pipeline
-from qcompile.tune import default_schedule as ds
-from qcompile.tune import records
+from qcompile.schedule import default as ds
+from qcompile.schedule import records
 from conftest import make_conv_model, run_cli
 
 X86 = "x86_64"

@@ -21,8 +21,8 @@ from qcompile.intrin.pack_conv import PackConvWeights, pack_conv_weight
 from qcompile.quantize import reference
 from qcompile.quantize.qconfig import QConfig
 from qcompile.cpu_features import host_cpu_flags
-from qcompile.tune import default_schedule as ds
-from qcompile.tune import records
+from qcompile.schedule import default as ds
+from qcompile.schedule import records
 
 FLAGS = host_cpu_flags() or set()
 HAS_VNNI = {"avx512f", "avx512_vnni"} <= FLAGS
@@ -232,7 +232,8 @@ def test_tuning_space_tensorizes_the_packed_conv(target, instruction):
 
     from qcompile.intrin import dot_intrin_for
     from qcompile.build import lower_passes
-    from qcompile.tune.tuner import serial_space, tuning_target, use_cpu_tensor_intrinsics, with_dot_intrinsics
+    from qcompile.intrin import use_cpu_tensor_intrinsics
+    from qcompile.tune.tuner import serial_space, tuning_target, with_dot_intrinsics
 
     spec = qcompile.load_target(target)
     a_dtype = "uint8" if target == "x86_vnni" else "int8"

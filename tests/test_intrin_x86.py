@@ -19,8 +19,8 @@ from qcompile.intrin.pack import ANNOTATION, PackDenseWeights, pack_weight
 from qcompile.quantize import reference
 from qcompile.quantize.qconfig import QConfig
 from qcompile.cpu_features import host_cpu_flags
-from qcompile.tune import default_schedule as ds
-from qcompile.tune import records
+from qcompile.schedule import default as ds
+from qcompile.schedule import records
 
 HAS_VNNI = {"avx512f", "avx512_vnni"} <= (host_cpu_flags() or set())
 HAS_AVX2 = "avx2" in (host_cpu_flags() or set())
@@ -244,7 +244,8 @@ def test_tuning_space_tensorizes_the_packed_dense(target, instruction):
     from tvm.s_tir import meta_schedule as ms
 
     from qcompile.build import lower_passes
-    from qcompile.tune.tuner import serial_space, tuning_target, use_cpu_tensor_intrinsics, with_dot_intrinsics
+    from qcompile.intrin import use_cpu_tensor_intrinsics
+    from qcompile.tune.tuner import serial_space, tuning_target, with_dot_intrinsics
 
     spec = qcompile.load_target(target)
     a_dtype = "uint8" if target == "x86_vnni" else "int8"

@@ -61,7 +61,7 @@ def test_wheel_compile_applies_bundled_records(installed):
     """A compile from the wheel applies the records of the wheel's own schedules/ (x86_64 has some
     for the digits CNN's fp32 kernels), and reads the bundled digits model from the package."""
     venv, work = installed
-    code = ("import json, qcompile, qcompile.zoo as z, qcompile.tune.records as r\n"
+    code = ("import json, qcompile, qcompile.zoo as z, qcompile.schedule.records as r\n"
             "print(json.dumps({'model': z.DIGITS_MODEL, 'schedules': sorted(os.listdir(r.SCHEDULES_DIR))}))")
     info = json.loads(_run([venv / "bin" / "python", "-c", "import os\n" + code], cwd=work).stdout)
     assert str(venv) in info["model"]

@@ -385,7 +385,8 @@ def test_tune_over_rpc(farm, tmp_path):
     import onnx
     from conftest import make_conv_model
 
-    from qcompile.tune import records, tuner
+    from qcompile.schedule import records
+from qcompile.tune import tuner
 
     model = tmp_path / "conv.onnx"
     onnx.save(make_conv_model(batch=1), str(model))

@@ -10,7 +10,7 @@ from tvm import relax
 import qcompile
 from qcompile.target import load_target
 from qcompile.transform import SplitGroupedConv
-from qcompile.tune.default_schedule import DefaultScheduleReport, apply_default_schedule
+from qcompile.schedule.default import DefaultScheduleReport, apply_default_schedule
 
 RNG = np.random.default_rng(0)
 

@@ -59,7 +59,7 @@ def _extra_commands():
     import importlib
 
     out = []
-    for mod_name in ("qcompile.cli.quantize", "qcompile.tune.cli", "qcompile.cli.rpc", "qcompile.cli.report",
+    for mod_name in ("qcompile.cli.quantize", "qcompile.cli.tune", "qcompile.cli.rpc", "qcompile.cli.report",
                      "qcompile.cli.board"):
         try:
             mod = importlib.import_module(mod_name)

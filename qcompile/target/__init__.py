@@ -55,7 +55,7 @@ class TuningSpec:
     builder_timeout_s: float = 120.0
     runner_timeout_s: float = 30.0
     space: str = "post-order-apply"
-    default_schedule: bool = True   # kernels without a record get qcompile.tune.default_schedule (else naive loops)
+    default_schedule: bool = True   # kernels without a record get qcompile.schedule.default (else naive loops)
 
 
 @dataclass(frozen=True)

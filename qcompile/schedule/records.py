@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from ..bundled import bundled_dir
+from ..intrin import use_cpu_tensor_intrinsics
 
 SCHEDULES_DIR = bundled_dir("schedules")
 _WORKLOAD_FILE = "database_workload.json"
@@ -58,8 +59,6 @@ def apply_records(mod, target, extra_dirs=()):
         return mod, []
     import tvm
     from tvm import relax
-
-    from .tuner import use_cpu_tensor_intrinsics
 
     # records replay their traces, and a tensorized one names its intrinsic (dot_4x4_i8i8s32_neon,
     # qcompile_dot_16x4_vnni...): register the target's before the database is read
