@@ -386,7 +386,7 @@ def test_tune_over_rpc(farm, tmp_path):
     from conftest import make_conv_model
 
     from qcompile.schedule import records
-from qcompile.tune import tuner
+    from qcompile.tune import tuner
 
     model = tmp_path / "conv.onnx"
     onnx.save(make_conv_model(batch=1), str(model))
