@@ -82,7 +82,7 @@ def register_arm_intrinsics(target=None):
     import tvm
 
     try:
-        from qcompile.tune.tuner import use_cpu_tensor_intrinsics
+        from qcompile.intrin import use_cpu_tensor_intrinsics
     except ImportError:
         pass
     else:
@@ -99,7 +99,7 @@ def compiled(target, precision):
 
 
 def export(pipe, out_dir):
-    from qcompile.runtime.artifact import write_artifact
+    from qcompile.artifact import write_artifact
 
     return write_artifact(pipe.state, str(out_dir))
 
@@ -195,7 +195,7 @@ def test_link_failure_without_libc_dev_names_the_package(tmp_path):
 
 def test_link_error_message():
     """How a failed cross link reads (the text is tvm.support.cc's RuntimeError around ld's output)."""
-    from qcompile.runtime.artifact import link_error
+    from qcompile.artifact import link_error
 
     spec = qcompile.load_target("arm_neon").export
     ld = "/usr/lib/gcc-cross/aarch64-linux-gnu/12/../../../../aarch64-linux-gnu/bin/ld"
@@ -583,7 +583,7 @@ def test_board_cli_serves_and_stops(board, tmp_path):
 
     key = "aarch64-cli-qemu"
     code = ("import sys, qcompile.cli as c\n"
-            "from qcompile.runtime.board_cli import add_board_parser\n"
+            "from qcompile.cli.board import add_board_parser\n"
             "_orig = c._extra_commands\n"
             "c._extra_commands = lambda: [*[f for f in _orig() if f is not add_board_parser], add_board_parser]\n"
             "sys.exit(c.main(sys.argv[1:]))\n")  # works before and after cli.py auto-loads board_cli

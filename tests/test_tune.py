@@ -21,7 +21,8 @@ from conftest import REPO, make_conv_model
 pytest.importorskip("cloudpickle")  # MetaSchedule's worker processes
 ort = pytest.importorskip("onnxruntime")
 
-from qcompile.tune import records, tuner  # noqa: E402
+from qcompile.schedule import records
+from qcompile.tune import tuner  # noqa: E402
 
 TASKS = {"fused_conv2d_add_relu", "mean", "reshape", "fused_matmul_add1"}
 FAST = dict(strategy="replay-trace", cost_model="random", seed=0, progress=False)
@@ -297,7 +298,7 @@ def test_cpu_intrinsics_for_a_second_target_family_in_one_process():
     code = (
         "import qcompile\n"
         "from tvm.s_tir import TensorIntrin\n"
-        "from qcompile.tune.tuner import tuning_target, use_cpu_tensor_intrinsics\n"
+        "from qcompile.intrin import use_cpu_tensor_intrinsics\nfrom qcompile.tune.tuner import tuning_target\n"
         "use_cpu_tensor_intrinsics(tuning_target(qcompile.load_target('arm_neon_dotprod'), 1))\n"
         "assert TensorIntrin.get('dot_4x4_i8i8s32_sdot', allow_missing=True) is not None\n"
         "use_cpu_tensor_intrinsics(tuning_target(qcompile.load_target('x86_vnni'), 1))\n"

@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, QCompileError
-from . import records as _records
+from ..intrin import use_cpu_tensor_intrinsics
+from ..schedule import records as _records
 
 _MS_LOGGER = "tvm.s_tir.meta_schedule"
 _TUNE_STAGES_END = "lower"
@@ -305,58 +306,6 @@ def _packed_dot_tiling(intrin_name: str):
 
 # ----------------------------------------------------------------------------- builder / runner
 
-def use_cpu_tensor_intrinsics(target=None):
-    """Register only the CPU tensor intrinsics instead of importing all of tvm.s_tir.tensor_intrin.
-
-    MetaSchedule imports ``tvm.s_tir.tensor_intrin`` when it creates a tuning context and in every
-    build; that package registers the CUDA, ROCm, Hexagon, ... intrinsics too, which parses
-    thousands of TVMScript functions (90 s of CPU in TVM 0.27, minutes on a loaded machine).
-    For an llvm target we put a bare package in sys.modules and import only the CPU families.
-    """
-    import importlib
-    import importlib.util
-    import types
-
-    name = "tvm.s_tir.tensor_intrin"
-    kind = "llvm"
-    if target is not None:
-        kind = target.kind.name if hasattr(target, "kind") else dict(target).get("kind", "llvm")
-    if kind != "llvm":
-        importlib.import_module(name)
-        return
-    if name not in sys.modules:
-        spec = importlib.util.find_spec(name)
-        pkg = types.ModuleType(name)
-        pkg.__path__ = list(spec.submodule_search_locations)
-        pkg.__spec__, pkg.__file__, pkg.__package__ = spec, spec.origin, name
-        pkg.__doc__ = "qcompile: CPU tensor intrinsics only (see qcompile.tune.tuner.use_cpu_tensor_intrinsics)"
-        sys.modules[name] = pkg
-        import tvm.s_tir
-
-        tvm.s_tir.tensor_intrin = pkg
-    # every call: a process that tuned for ARM first has only arm_cpu's intrinsics so far, and
-    # MetaSchedule's x86 rules then fail on an unregistered dot_16x4_vnni (a no-op when imported)
-    importlib.import_module(f"{name}.{_cpu_family(target)}")
-    from .. import intrin
-
-    intrin.register()  # qcompile's own intrinsics (the fixed VNNI one, the exact AVX2 ones)
-
-
-def _cpu_family(target) -> str:
-    """x86, arm_cpu or riscv_cpu: which CPU tensor-intrinsic module an llvm target needs."""
-    import platform
-
-    triple = ""
-    if target is not None:
-        triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else str(dict(target).get("mtriple", ""))
-    arch = (triple.split("-")[0] if triple else platform.machine()).lower()
-    if arch.startswith(("aarch64", "arm")):
-        return "arm_cpu"
-    if arch.startswith("riscv"):
-        return "riscv_cpu"
-    return "x86"
-
-
 def build_candidate(mod, target, _params=None):
     """MetaSchedule's default_build, minus the import of every GPU tensor intrinsic."""
     use_cpu_tensor_intrinsics(target)
@@ -405,7 +354,7 @@ def candidate_exporter(export_spec):
     """
     import functools
 
-    from ..runtime.artifact import cross_fcompile
+    from ..artifact import cross_fcompile
 
     if cross_fcompile(export_spec) is None:
         return None
@@ -417,7 +366,7 @@ def export_candidate(rt_mod, export_spec) -> str:
 
     Returns the path; MetaSchedule's RemoveBuildArtifact callback deletes its folder after the run.
     """
-    from ..runtime.artifact import cross_fcompile, link_error
+    from ..artifact import cross_fcompile, link_error
 
     path = os.path.join(tempfile.mkdtemp(prefix="qcompile-candidate-"), "tvm_tmp_mod.so")
     try:
