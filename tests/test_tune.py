@@ -2,7 +2,8 @@
 
 The runs are real (LocalBuilder workers, LocalRunner measuring on this CPU) but tiny: a handful of
 trials of the conftest conv model, with the random search and cost model. One builder/runner pair is
-shared by the module so the worker processes start once.
+shared by the module so the worker processes start once. A run whose every build failed names the
+compiler's error.
 """
 
 import os
@@ -307,3 +308,70 @@ def test_cpu_intrinsics_for_a_second_target_family_in_one_process():
         "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- the first real error
+
+TRACEBACK = """LocalBuilder: An exception occurred
+Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/tvm/exec/popen_worker.py", line 106, in main
+    result = fn(*args, **kwargs)
+  File "<unknown>", line 0, in tvm::tirx::StmtExprMutator::Mutate_(tvm::tirx::ForNode const*)
+  File "/project/src/tirx/transform/vectorize_loop.cc", line 127, in tvm::tirx::BroadcastTo(PrimExpr, int, bool)
+tvm.error.InternalError: Check failed: (e.ty().IsScalar()) is false: Cannot broadcast lanes=4 is_scalable=0 to 12"""
+
+
+def test_root_error_is_the_exception_a_traceback_ends_with():
+    root = "InternalError: Check failed: (e.ty().IsScalar()) is false: Cannot broadcast lanes=4 is_scalable=0 to 12"
+    assert tuner.root_error(TRACEBACK) == root
+    llvm = ("LocalBuilder: An exception occurred\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+            "tvm.error.InternalError: LLVM module verification failed with the following errors:\n"
+            "Call parameter type does not match function signature!\n  %5 = call <16 x i32> ...\n")
+    assert tuner.root_error(llvm) == ("InternalError: LLVM module verification failed with the following errors: "
+                                      "Call parameter type does not match function signature!")
+    link = ("LocalBuilder: An exception occurred\nTraceback (most recent call last):\n  File \"t.py\"\n"
+            "qcompile.errors.ArtifactError: linking a tuning candidate with 'aarch64-linux-gnu-gcc' failed: ld: x")
+    assert tuner.root_error(link).startswith("ArtifactError: linking a tuning candidate")
+    # no traceback: the message itself
+    assert tuner.root_error("LocalBuilder: Timeout, killed after 0.001 seconds") == \
+        "LocalBuilder: Timeout, killed after 0.001 seconds"
+    assert tuner.root_error("board unplugged\nsecond line") == "board unplugged"
+
+
+def failing_builder(message):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+
+    @derived_object
+    class FailingBuilder(PyBuilder):
+        """Every candidate fails to build, with a worker's traceback."""
+
+        def build(self, build_inputs):
+            return [BuilderResult(None, message) for _ in build_inputs]
+
+        def shutdown(self):
+            pass
+
+    return FailingBuilder()
+
+
+def test_cli_names_the_compiler_error_when_every_build_failed(conv_path, measure, tmp_path, monkeypatch, capsys):
+    """Not "LocalBuilder: An exception occurred": the exception the build ended with, which trial it
+    was, and where the logs with every traceback are."""
+    from qcompile.cli import main
+
+    monkeypatch.setattr(tuner, "local_builder", lambda *a, **k: failing_builder(TRACEBACK))
+    monkeypatch.setattr(tuner, "local_runner", lambda *a, **k: measure[1])
+    work = tmp_path / "work"
+    rc = main(["tune", conv_path, "--target", "x86_64", "--records", str(tmp_path / "r"), "--trials", "2",
+               "--trials-per-iter", "2", "--task", "conv2d", "--strategy", "replay-trace", "--seed", "0",
+               "--work-dir", str(work)])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    (line,) = [line for line in err.splitlines() if line.startswith("qcompile: error:")]
+    assert "tuning failed for 1 of 1 task(s): fused_conv2d_add_relu (first error, trial 1: InternalError: " \
+           "Check failed: (e.ty().IsScalar()) is false: Cannot broadcast lanes=4 is_scalable=0 to 12)" in line, line
+    assert "An exception occurred" not in line and "FAILED (2 build errors)" in out
+    assert str(work / "logs") in line
+    logs = "".join(p.read_text() for p in (work / "logs").glob("*task*.log"))
+    assert logs.count("Error in building") == 2 and logs.count("vectorize_loop.cc") == 2

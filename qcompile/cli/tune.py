@@ -131,14 +131,20 @@ def cmd_tune(args):
     if report.error:
         raise TuneError(f"{report.error} ({report.saved} record(s) saved in {where} before that)")
     if report.all_failed:
-        raise TuneError(f"{report.failure_message()}; {where} unchanged"
-                        + ("" if report.work_dir else " (rerun with --work-dir DIR to keep the logs)"))
+        raise TuneError(f"{report.failure_message()}; {where} unchanged; {_where_the_logs_are(report)}")
     if report.failed:
-        print(f"warning: {report.failure_message()}", file=sys.stderr)
+        print(f"warning: {report.failure_message()}; {_where_the_logs_are(report)}", file=sys.stderr)
     default = os.path.abspath(where).startswith(os.path.abspath(SCHEDULES_DIR) + os.sep)
     how = "applies them by default" if default else f"applies them with --records {where}"
     print(f"records: {where} ('qcompile compile ... --target {report.target}' {how})")
     return 0
+
+
+def _where_the_logs_are(report) -> str:
+    """MetaSchedule's task logs hold every failed trial's whole error, its TIR and its trace."""
+    if report.work_dir:
+        return f"every failed trial's traceback and schedule are in {os.path.join(report.work_dir, 'logs')}"
+    return "rerun with --work-dir DIR to keep every failed trial's traceback and schedule in DIR/logs"
 
 
 COMMANDS = [add_tune_parser]

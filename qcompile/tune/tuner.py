@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -54,7 +55,8 @@ class TaskResult:
     previous_us: float | None = None    # best in the record folder before this run
     saved: bool = False                 # this run's best was added to the record folder
     timed_out: bool = False             # stopped by --timeout-per-task
-    first_error: str | None = None
+    first_error: str | None = None      # the first failed trial's whole message (a worker's traceback)
+    first_error_trial: int | None = None  # its trial number in this task, from 1
     seconds: float = 0.0
 
     @property
@@ -122,11 +124,16 @@ class TuneReport:
         return bool(ran) and all(t.failed for t in ran)
 
     def failure_message(self) -> str:
+        """Which tasks failed, and the root error of the first failed trial (not the builder's
+        "An exception occurred" heading: the exception the build or run ended with)."""
         names = ", ".join(t.name for t in self.failed)
-        first = next((t.first_error for t in self.failed if t.first_error), "")
-        first = first.strip().splitlines()[0] if first.strip() else ""
         msg = f"tuning failed for {len(self.failed)} of {len(self.tasks)} task(s): {names}"
-        return msg + (f" (first error: {first})" if first else "")
+        first = next((t for t in self.failed if t.first_error), None)
+        if first is None:
+            return msg
+        where = f"trial {first.first_error_trial} of {first.name}" if len(self.failed) > 1 else \
+            f"trial {first.first_error_trial}"
+        return msg + f" (first error, {where}: {root_error(first.first_error)})"
 
     def table(self) -> str:
         rows = [("task", "weight", "trials", "best us", "status")]
@@ -655,7 +662,9 @@ def _make_monitor(report: TuneReport, contexts, records_dir: str, bar, timeout_p
                     task.run_errors += 1
                 secs = None if error else _median([float(getattr(s, "value", s)) for s in (ran.run_secs or [])])
                 if secs is None:
-                    task.first_error = task.first_error or str(error or "no run time measured")
+                    if task.first_error is None:
+                        task.first_error = str(error or "no run time measured")
+                        task.first_error_trial = task.trials
                     continue
                 task.valid += 1
                 if best is None or secs < best[0]:
@@ -776,6 +785,34 @@ def _median(xs):
 
 def _us(v) -> str:
     return "-" if v is None else f"{v:.2f} us"
+
+
+_EXCEPTION_LINE = re.compile(r"(?:[A-Za-z_][\w]*\.)*(?P<name>[A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit))"
+                             r"(?::[ \t]*(?P<text>.*))?")
+
+
+def root_error(message: str) -> str:
+    """The line of a builder's or runner's error message that says what went wrong.
+
+    MetaSchedule's builders and runners report a failed candidate as "LocalBuilder: An exception
+    occurred" followed by the worker's whole traceback, so the first line says nothing. The cause is
+    the exception the traceback ends with: its last unindented ``SomeError: text`` line, e.g. TVM's
+    ``InternalError: Check failed: ... Cannot broadcast lanes=4 ... to 12``, an LLVM verifier message
+    or the cross linker's ``ArtifactError``. When that text only introduces the next line ("... with
+    the following errors:"), the next line is added. A message without a traceback (a timeout, a
+    runner's own words) comes back as its first line.
+    """
+    lines = [line.rstrip() for line in str(message or "").strip().splitlines()]
+    for i in range(len(lines) - 1, -1, -1):
+        m = _EXCEPTION_LINE.fullmatch(lines[i])
+        if m is None or lines[i][:1].isspace():
+            continue
+        text = (m["text"] or "").strip()
+        rest = next((line.strip() for line in lines[i + 1:] if line.strip()), "")
+        if rest and (not text or text.endswith(":")):
+            text = f"{text} {rest}".strip()
+        return f"{m['name']}: {text}" if text else m["name"]
+    return lines[0] if lines else ""
 
 
 def _last_line(err) -> str:
