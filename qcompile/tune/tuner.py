@@ -170,7 +170,7 @@ def lowered_module(model, target="auto", *, qconfig=None, calib=None, input_shap
         raise ConfigError("tune does not run the mixed-precision budget search; compile once with --budget, "
                           "then tune with the precisions it chose (--keep-int16/--keep-fp32)")
     state = CompileState(source=model, target=pipe.target, input_shapes=pipe.input_shapes,
-                         qconfig=pipe.qconfig, calib=calib)
+                         qconfig=pipe.qconfig, calib=calib, progress=pipe.progress)
     state.quant_info["want_report"] = False
     pipe.run_stages(state, STAGES[:STAGES.index(_TUNE_STAGES_END) + 1])
     return state
@@ -217,28 +217,31 @@ def serial_space(space):
 
 
 def with_dot_intrinsics(space, intrinsics):
-    """The same search space, tensorizing qcompile's packed dense kernels with the target's intrinsics.
+    """The same search space, tensorizing qcompile's packed kernels with the target's intrinsics.
 
-    For each of qcompile's own intrinsics in `intrinsics` (a target's ``intrinsics:``),
-    ``MultiLevelTilingWithIntrin(name, "SSRSRS")`` is tried before the generic MultiLevelTiling,
-    only on the reduction blocks ``qcompile.intrin.pack`` annotated with that intrinsic: their
-    weights are packed in its block layout. (On a row-major weight, tensorize builds but reads the
-    wrong bytes.) TVM's own intrinsic rules are then dropped: on AVX-512 VNNI targets MetaSchedule
-    adds ``dot_16x4_vnni``, which the LLVM in the wheel cannot build.
+    For each dot-product intrinsic in `intrinsics` (a target's ``intrinsics:``: qcompile's x86 ones
+    and TVM's ARM ones alike), ``MultiLevelTilingWithIntrin(name, "SSRSRS")`` is tried before the
+    generic MultiLevelTiling, only on the reduction blocks ``qcompile.intrin.pack`` / ``pack_conv``
+    annotated with that intrinsic: their weights are packed in its block layout. (On a row-major
+    weight, tensorize builds but reads the wrong bytes.) TVM's own intrinsic rules are dropped: they
+    try any int8 reduction block, packed or not, and on AVX-512 VNNI targets MetaSchedule adds
+    ``dot_16x4_vnni``, which the LLVM in the wheel cannot build.
     ``RewriteTensorize(vectorize_init_loop=True)`` puts the intrinsic in place after sampling and
-    vectorizes the accumulator's zeroing. A target naming only TVM's intrinsics (the ARM ones, which
-    TVM's default ARM space already tensorizes with) keeps its space as it is.
+    vectorizes the accumulator's zeroing, and no sampled vectorize is applied around it
+    (``_no_vectorize_around_intrinsics``). TVM's default ARM space had neither, and a quarter to a
+    half of the packed dense and conv candidates sampled from it failed to build (issue 14;
+    ``benchmarks/tuning_space.py --space tvm``). A target without dot intrinsics keeps its space.
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from ..intrin import ensure_registered, own_dot_intrins
+    from ..intrin import dot_intrins, ensure_registered
 
-    own = own_dot_intrins(intrinsics)
-    if not own:
+    dots = dot_intrins(intrinsics)
+    if not dots:
         return space
     rules = [r for r in space.sch_rules if type(r).__name__ != "MultiLevelTilingWithIntrin"]
     ours = []
-    for intrin in own:
+    for intrin in dots:
         ensure_registered(intrin)
         ours.append(_packed_dot_tiling(intrin.name))
     first_mlt = next((i for i, r in enumerate(rules) if type(r).__name__ == "MultiLevelTiling"), len(rules))
@@ -249,6 +252,30 @@ def with_dot_intrinsics(space, intrinsics):
     postprocs.append(ms.postproc.RewriteTensorize(vectorize_init_loop=True))
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs,
                                              mutator_probs={m: float(p) for m, p in space.mutator_probs.items()})
+
+
+def tuning_space(spec, tvm_target, mod, threads: int | None = 1):
+    """The search space tune() samples for `spec`'s kernels, as MetaSchedule's space generator.
+
+    The target file's ``tuning.space``; for "post-order-apply", TVM's default space for `tvm_target`,
+    without parallel loops when kernels run on one thread (``serial_space``) and tensorizing the
+    packed kernels with the target's intrinsics (``with_dot_intrinsics``). `mod` is any task's
+    module: TVM picks its default rules from the target only.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from ..intrin import dot_intrins
+
+    space = spec.tuning.space
+    if space != "post-order-apply" or not (threads == 1 or dot_intrins(spec.intrinsics)):
+        return space
+    use_cpu_tensor_intrinsics(tvm_target)
+    template = ms.TuneContext(mod=mod, target=tvm_target, space_generator=space,
+                              search_strategy="replay-trace", task_name="template")
+    space = template.space_generator
+    if threads == 1:
+        space = serial_space(space)
+    return with_dot_intrinsics(space, spec.intrinsics)  # the kernels the lower stage packed
 
 
 def _no_vectorize_around_intrinsics():
@@ -471,7 +498,6 @@ def tune(model, target="auto", records_dir: str | None = None, trials: int | Non
     Returns a TuneReport; tasks with measurements but no valid one are in report.failed. Ctrl-C stops
     the run: the report comes back with interrupted=True and the records found so far are kept.
     """
-    from ..intrin import own_dot_intrins
     from ..target import load_target
 
     start = time.perf_counter()
@@ -536,14 +562,7 @@ def tune(model, target="auto", records_dir: str | None = None, trials: int | Non
         from tvm.s_tir import meta_schedule as ms
 
         _quiet_meta_schedule(verbose)
-        space = tuning.space
-        if space == "post-order-apply" and (threads == 1 or own_dot_intrins(spec.intrinsics)):
-            template = ms.TuneContext(mod=tasks[0].dispatched[0], target=tvm_target, space_generator=space,
-                                      search_strategy="replay-trace", task_name="template")
-            space = template.space_generator
-            if threads == 1:
-                space = serial_space(space)
-            space = with_dot_intrinsics(space, spec.intrinsics)  # the kernels the lower stage packed
+        space = tuning_space(spec, tvm_target, tasks[0].dispatched[0], threads)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir, space=space, strategy=strategy, seed=seed)
         if own_builder:
