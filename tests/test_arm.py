@@ -478,7 +478,10 @@ def test_board_bench_through_the_tracker(board, tmp_path):
 def test_board_tune_through_the_tracker(board, x86_int8_logits, tmp_path):
     """`qcompile tune --target arm_neon --rpc-tracker ... --rpc-key aarch64-qemu`: candidates are
     cross-linked here (the board has no gcc) and timed on the board; the records found apply at
-    compile time and the tuned build still gives the x86 build's integer outputs, bit for bit."""
+    compile time and the tuned build still gives the x86 build's integer outputs, bit for bit.
+    Seeded, so every run draws the same two candidates. (Unseeded, this test failed now and then: a
+    quarter of the ARM space's candidates did not build, and a run that drew only those failed;
+    every one builds now, see test_tune.py::test_sampled_candidates_of_every_tensorized_space_build.)"""
     from qcompile.runtime.boards.remote_run import run_remote
 
     calib = os.path.join(os.path.dirname(zoo.DIGITS_MODEL), "digits_calib.npz")
@@ -488,7 +491,7 @@ def test_board_tune_through_the_tracker(board, x86_int8_logits, tmp_path):
                           "-q", "int8", "--calib", calib, "--input-shape", "input:1x1x8x8",
                           "--rpc-tracker", board["tracker"], "--rpc-key", board["key"], "--rpc-session-timeout", "120",
                           "--task", "packed_dense", "--trials", "2", "--trials-per-iter", "2", "--strategy", "replay-trace",
-                          "--records", str(records), "--json", str(report_path)],
+                          "--seed", "0", "--records", str(records), "--json", str(report_path)],
                          capture_output=True, text=True, timeout=900)
     print(f"tune on the emulated board: {time.perf_counter() - start:.0f} s")
     assert res.returncode == 0, res.stdout + res.stderr

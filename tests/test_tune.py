@@ -3,8 +3,8 @@
 The runs are real (LocalBuilder workers, LocalRunner measuring on this CPU) but tiny: a handful of
 trials of the conftest conv model, with the random search and cost model. One builder/runner pair is
 shared by the module so the worker processes start once. The tensorized spaces (x86 and ARM) are
-checked by sampling and building candidates (benchmarks/tuning_space.py), and a run whose every
-build failed names the compiler's error.
+checked by sampling and building candidates (benchmarks/tuning_space.py), runs are seeded, and a run
+whose every build failed names the compiler's error.
 """
 
 import json
@@ -369,6 +369,56 @@ def test_tensorized_space_tiles_only_packed_blocks_and_vectorizes_none_around_th
     posts = [type(p).__name__ for p in space.postprocs]
     assert posts.index("_PyPostproc") + 1 == posts.index("RewriteParallelVectorizeUnroll"), posts
     assert posts.count("RewriteTensorize") == 1 and posts[-1] == "RewriteTensorize", posts
+
+
+# ----------------------------------------------------------------------------- seeded runs
+
+def _sample_traces(spec, seed, threads, n=24):
+    """The traces of `n` candidates tune() samples (replay-trace) from the packed dense of `spec`."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from qcompile import zoo
+    from qcompile.quantize.qconfig import QConfig
+
+    pipe = qcompile.Pipeline(target=spec, qconfig=QConfig(), input_shapes={"input": (1, 1, 8, 8)}, progress=False)
+    state = tuner.lowered_module(zoo.DIGITS_MODEL, calib=zoo.digits_calib(), pipeline=pipe)
+    target = tuner.tuning_target(spec, 1)
+    (task,) = [t for t in tuner.extract_tasks(state.mod, target) if "packed_dense" in t.task_name]
+    space = tuner.tuning_space(spec, target, task.dispatched[0], 1)
+    ctx = ms.TuneContext(mod=task.dispatched[0], target=target, space_generator=space, search_strategy="replay-trace",
+                         rand_state=seed, num_threads=threads)
+    ctx.pre_tuning(max_trials=n, num_trials_per_iter=n, design_spaces=ctx.generate_design_space(),
+                   database=ms.database.MemoryDatabase(), cost_model=None)
+    return [str(c.sch.trace) for c in ctx.generate_measure_candidates()]
+
+
+def test_a_seed_fixes_the_sampled_candidates():
+    """tune(seed=N) samples on one search thread (tuner.search_threads): MetaSchedule hands candidates
+    to its threads as they come free, each thread with its own random state, so on two threads one
+    seed gave different candidates from run to run. On one thread, the same seed gives the same ones."""
+    spec = qcompile.load_target("x86_64")
+    assert tuner.search_threads(0) == 1 and tuner.search_threads(None) == "physical"
+    first = _sample_traces(spec, 3, tuner.search_threads(3))
+    assert len(set(first)) > 1
+    assert _sample_traces(spec, 3, tuner.search_threads(3)) == first
+    assert _sample_traces(spec, 4, tuner.search_threads(4)) != first
+
+
+def test_tune_passes_the_seed_to_metaschedule(conv_path, measure, tmp_path, monkeypatch):
+    from tvm.s_tir import meta_schedule as ms
+
+    seen = {}
+    real = ms.relax_integration.extracted_tasks_to_tune_contexts
+
+    def spy(*args, **kwargs):
+        seen.update(seed=kwargs.get("seed"), num_threads=kwargs.get("num_threads"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ms.relax_integration, "extracted_tasks_to_tune_contexts", spy)
+    builder, runner = measure
+    report = tuner.tune(conv_path, "x86_64", records_dir=str(tmp_path / "r"), trials=1, num_trials_per_iter=1,
+                        tasks=["conv2d"], builder=builder, runner=runner, **FAST)
+    assert not report.failed and seen == {"seed": 0, "num_threads": 1}
 
 
 # ----------------------------------------------------------------------------- the first real error

@@ -63,7 +63,10 @@ def add_tune_parser(sub):
     g.add_argument("--strategy", choices=["evolutionary", "replay-trace"], default="evolutionary",
                    help="search strategy: evolutionary (cost-model guided) or replay-trace (random samples) "
                         "(default: evolutionary)")
-    g.add_argument("--seed", type=int, metavar="N", help="random seed of the search")
+    g.add_argument("--seed", type=int, metavar="N",
+                   help="random seed of the search: a run with the same seed samples the same candidates "
+                        "(sampled on one thread); the evolutionary search also follows the measured times "
+                        "(default: a new seed each run)")
     g.add_argument("--work-dir", metavar="DIR",
                    help="keep MetaSchedule's logs and full database of every trial in DIR "
                         "(default: a temporary folder, removed afterwards)")

@@ -278,6 +278,26 @@ def tuning_space(spec, tvm_target, mod, threads: int | None = 1):
     return with_dot_intrinsics(space, spec.intrinsics)  # the kernels the lower stage packed
 
 
+def search_threads(seed: int | None):
+    """Threads MetaSchedule samples candidates with: one when a seed is given.
+
+    Its search strategies give each thread a random state forked from the seed, but hand the
+    candidates to the threads as they come free, so with two threads the same seed could sample
+    different candidates from run to run. Sampling is a small part of a trial (building and
+    measuring are the rest), so a reproducible run pays little for it.
+    """
+    return 1 if seed is not None else "physical"
+
+
+def _seeded(cost_model, seed: int | None):
+    """MetaSchedule makes its "random" cost model unseeded; with a seed, seed it too."""
+    if cost_model == "random" and seed is not None:
+        from tvm.s_tir import meta_schedule as ms
+
+        return ms.cost_model.RandomModel(seed=seed)
+    return cost_model
+
+
 def _no_vectorize_around_intrinsics():
     """A postprocessor run before RewriteParallelVectorizeUnroll: in a kernel with a block to be
     tensorized, drop the root's sampled ``meta_schedule.vectorize``. That postprocessor vectorizes
@@ -493,7 +513,10 @@ def tune(model, target="auto", records_dir: str | None = None, trials: int | Non
     timeout_per_task -- seconds of wall time (search, build and run of its batches) after which a task
                         is not scheduled again
     tasks            -- tune only the tasks whose name contains one of these strings (e.g. ["conv2d"])
-    strategy, cost_model, seed -- passed to MetaSchedule ("evolutionary" / "replay-trace", "xgb" / "random")
+    strategy, cost_model, seed -- passed to MetaSchedule ("evolutionary" / "replay-trace", "xgb" / "random").
+                        With a seed, candidates are sampled on one thread (``search_threads``) and the
+                        "random" cost model is seeded too, so a rerun samples the same candidates
+                        (replay-trace: all of them; evolutionary: until measured times steer it)
 
     Returns a TuneReport; tasks with measurements but no valid one are in report.failed. Ctrl-C stops
     the run: the report comes back with interrupted=True and the records found so far are kept.
@@ -564,7 +587,7 @@ def tune(model, target="auto", records_dir: str | None = None, trials: int | Non
         _quiet_meta_schedule(verbose)
         space = tuning_space(spec, tvm_target, tasks[0].dispatched[0], threads)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            tasks, work_dir, space=space, strategy=strategy, seed=seed)
+            tasks, work_dir, space=space, strategy=strategy, seed=seed, num_threads=search_threads(seed))
         if own_builder:
             builder = made_builder = local_builder(tuning.builder_timeout_s, export_spec=spec.export)
         if runner is None:
@@ -584,8 +607,8 @@ def tune(model, target="auto", records_dir: str | None = None, trials: int | Non
                 ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
                                    max_trials_global=trials, max_trials_per_task=per_task,
                                    num_trials_per_iter=per_iter, builder=builder, runner=runner,
-                                   database="json", cost_model=cost_model, measure_callbacks=callbacks,
-                                   task_scheduler=scheduler)
+                                   database="json", cost_model=_seeded(cost_model, seed),
+                                   measure_callbacks=callbacks, task_scheduler=scheduler)
         except KeyboardInterrupt:
             report.interrupted = True
         except Exception as err:  # noqa: BLE001 - MetaSchedule raises TVM errors of many kinds
