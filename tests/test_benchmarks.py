@@ -1,4 +1,4 @@
-"""Smoke tests of the latency and GEMM benchmarks (benchmarks/latency.py, benchmarks/gemm.py): they run,
+"""Smoke tests of the latency, GEMM and accuracy benchmarks (benchmarks/latency.py, gemm.py, accuracy.py): they run,
 check their own results, and write the JSON they document. The timings themselves are not tested."""
 
 import json
@@ -10,6 +10,9 @@ import sys
 import pytest
 
 from conftest import REPO
+
+if REPO not in sys.path:  # benchmarks/ is a folder of scripts, imported as a namespace package from the checkout
+    sys.path.insert(0, REPO)
 
 pytest.importorskip("onnxruntime")
 
@@ -49,3 +52,59 @@ def test_latency_digits_one_thread(tmp_path):
     # every engine computes the same model: its outputs agree with ORT fp32 on the timed sample
     assert all(m["agree_ort_fp32"] == 1.0 for m in d["agreement_vs_ort_fp32"].values())
     assert os.path.isfile(tmp_path / "lat.png") and "qc8/ORT8" in proc.stdout
+
+
+def _accuracy_quick(tmp_path, columns=None):
+    out = tmp_path / "acc.json"
+    args = ["benchmarks/accuracy.py", "--quick", "--models", "digits", "--threads", "1", "--json", out]
+    if columns:
+        args += ["--columns", ",".join(columns)]
+    proc = run_script(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _check_qc_row(rec):
+    assert rec["status"] == "ok", rec.get("error")
+    assert rec["compute_layers"] > 0 and 0 <= rec["not_8bit"] <= rec["compute_layers"]
+    assert rec["compile_s"] > 0 and isinstance(rec["collapse"], bool) and rec["of_fp32"] > 0
+
+
+def test_accuracy_quick_digits_peers_and_calibration_rows(tmp_path):
+    """A few columns of the accuracy benchmark on 4 digits: the peer columns run or say why not, qcompile's
+    default and per-method rows carry their metric, 8-bit layer count and compile time; the tables print."""
+    cols = ["ort_fp32", "ort_static_default", "ort_dynamic", "nncf", "qc_default", "qc_minmax"]
+    r, stdout = _accuracy_quick(tmp_path, cols)
+    d = r["models"]["digits"]
+    assert d["status"] == "ok" and d["n_eval"] == 4 and d["n_calib"] == 4
+    assert set(d["columns"]) == set(cols)
+    for c in ("ort_fp32", "ort_static_default", "ort_dynamic"):
+        assert d["columns"][c]["status"] == "ok", d["columns"][c].get("error")
+    nncf = d["columns"]["nncf"]
+    assert nncf["status"] == "ok" or "not installed" in nncf["error"]
+    for c in ("qc_default", "qc_minmax"):
+        _check_qc_row(d["columns"][c])
+    assert d["columns"]["qc_minmax"]["calib_method"] == "minmax"
+    assert {"pass", "of_fp32", "best_peer", "not_8bit", "compute_layers"} <= set(d["acceptance"])
+    assert "qcompile int8 rows" in stdout and "Acceptance" in stdout and os.path.isfile(tmp_path / "acc.png")
+
+
+@pytest.mark.slow
+def test_accuracy_quick_digits_every_column(tmp_path):
+    from benchmarks.accuracy import DEFAULT_COLUMNS, QC_ROWS
+
+    r, _ = _accuracy_quick(tmp_path)
+    d = r["models"]["digits"]
+    assert set(d["columns"]) == set(DEFAULT_COLUMNS)
+    for c in QC_ROWS:
+        _check_qc_row(d["columns"][c])
+
+
+def test_layer_bits_counts_conv_and_matmul_outside_8_bits():
+    from benchmarks.accuracy import layer_bits
+
+    q = {"layers": {"conv2d_0": "int8", "conv2d_1": "int16", "matmul_0": "dynamic-int8", "matmul_1": "fp32",
+                    "add_0": "fp32", "softmax_0": "int16"}}
+    b = layer_bits(q)
+    assert (b["compute_layers"], b["not_8bit"]) == (4, 2) and set(b["not_8bit_layers"]) == {"conv2d_1", "matmul_1"}
+    assert layer_bits(None)["compute_layers"] == 0
