@@ -674,6 +674,9 @@ def parse_args(argv=None):
     p.add_argument("--no-png", action="store_true", help="do not draw the chart")
     p.add_argument("--work-dir", default=None, help="keep intermediate models and the compile log here (default: a temp dir)")
     p.add_argument("--verbose", action="store_true", help="show TVM/ORT output instead of logging it")
+    p.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                   help="run nothing: combine result files of runs over different models (e.g. two processes) "
+                        "into --json and its PNG, and print the tables")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.columns = [c.strip() for c in args.columns.split(",") if c.strip()]
@@ -694,8 +697,32 @@ def parse_args(argv=None):
     return args
 
 
+def merge(paths: list[str]) -> dict:
+    """One result from several runs over different models: the first file's header, every file's models
+    (in order), the summed total_s, and each run's created/args/git under 'runs'."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    out = {k: v for k, v in runs[0].items() if k not in ("models", "total_s")}
+    out["args"] = {**runs[0]["args"], "columns": [c for c in COLUMNS if any(c in r["args"]["columns"] for r in runs)],
+                   "models": [m for r in runs for m in r["models"]]}
+    out["models"] = {m: e for r in runs for m, e in r["models"].items()}
+    out["total_s"] = round(sum(r.get("total_s", 0) for r in runs), 1)
+    out["runs"] = [{"file": p, "created": r["created"], "models": list(r["models"]), "total_s": r.get("total_s"),
+                    "git": r.get("git"), "args": r["args"]} for p, r in zip(paths, runs)]
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        results = merge(args.merge)
+        write_json_atomic(results, args.json)
+        print(format_tables(results))
+        drawn = not args.no_png and plot(results, args.png)
+        print(f"\nwrote {args.json}" + (f" and {args.png}" if drawn else "") + f" from {len(args.merge)} runs")
+        return 0
     work = args.work_dir or tempfile.mkdtemp(prefix="qcompile-accuracy-")
     os.makedirs(work, exist_ok=True)
     log_path = None if args.verbose else os.path.join(work, "accuracy.log")
@@ -704,6 +731,7 @@ def main(argv=None) -> int:
         "args": {k: v for k, v in vars(args).items()},
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "platform": platform.platform()},
         "versions": _versions(),
+        "git": _git(),
         "models": {},
     }
     t0 = time.perf_counter()
