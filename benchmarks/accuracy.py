@@ -139,13 +139,44 @@ def layer_bits(quantization: dict | None) -> dict:
     return {"compute_layers": len(compute), "not_8bit": len(wide), "not_8bit_layers": wide}
 
 
+def constants_to_initializers(model) -> int:
+    """Move Constant nodes that hold a tensor (their 'value' attribute) into graph initializers, in place; returns
+    how many. The same graph, in the form ORT's quantizers expect: PaddlePaddle exports (the PP-OCR models) keep
+    every conv weight in a Constant node, where quantize_dynamic stops ("Expected conv2d_157.w_0 to be an
+    initializer") and quantize_static quantizes the weight as an activation (per-tensor, whatever per_channel says)."""
+    from onnx import helper
+
+    keep, moved = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Constant" and set(attrs) == {"value"}:
+            t = helper.get_attribute_value(attrs["value"])
+            t.name = node.output[0]
+            model.graph.initializer.append(t)
+            moved += 1
+        else:
+            keep.append(node)
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return moved
+
+
 def ort_model_copy(model_path: str, work: str, name: str) -> str:
-    """A private copy of the model (ORT's quantizers write '<model>-inferred.onnx' beside their input)."""
+    """A private copy of the model for ORT's quantizers (they write '<model>-inferred.onnx' beside their input),
+    with Constant tensors as initializers (constants_to_initializers), at opset 13 or later."""
     import onnx
 
     os.makedirs(work, exist_ok=True)
     dst = os.path.join(work, f"{name}_fp32.onnx")
-    onnx.save(onnx.load(model_path), dst)
+    model = onnx.load(model_path)
+    constants_to_initializers(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # per-channel QDQ (DequantizeLinear's axis) needs opset 13; ORT writes it anyway, then refuses it
+        import onnx.version_converter
+
+        model = onnx.version_converter.convert_version(model, 13)
+    onnx.save(model, dst)
     return dst
 
 
@@ -371,7 +402,7 @@ def run_model(name: str, args, work: str, log_path: str | None) -> dict:
     entry.update({"status": "ok", "model": ds.model, "input_shapes": ds.input_shapes, "n_eval": ds.n_eval,
                   "n_calib": ds.n_calib, "primary": ds.primary, "metrics": list(ds.metric_names), "output": ds.output,
                   "notes": ds.notes, "dataset_s": round(time.perf_counter() - t0, 3)})
-    ref, ref_primary = None, None
+    ref = None
     default_qconfig = int8_qconfig(None)
     for col in RUN_ORDER:
         if col not in args.columns:
@@ -388,15 +419,22 @@ def run_model(name: str, args, work: str, log_path: str | None) -> dict:
                 rec["metrics"] = ds.score(ref, ref)
                 rec["max_abs_diff_vs_ort_fp32"] = 0.0
                 rec.pop("note", None)
-                ref_primary = rec["metrics"].get(ds.primary)
-        if rec["status"] == "ok" and ref_primary:
-            v = rec.get("metrics", {}).get(ds.primary)
-            rec["of_fp32"] = v / ref_primary if v is not None else None
-            rec["collapse"] = v is not None and v < COLLAPSE * ref_primary
         entry["columns"][col] = rec
+        score_against_fp32(entry)
         tqdm.write(f"[{name}] {TITLES[col]}: " + (_short(rec, ds.primary) if rec["status"] == "ok" else f"n/a ({rec['error']})"))
     entry["acceptance"] = acceptance(entry)
     return entry
+
+
+def score_against_fp32(entry: dict):
+    """Each column's share of ORT fp32's primary metric ('of_fp32') and whether it collapsed (< COLLAPSE of it)."""
+    ref = _primary(entry, "ort_fp32")
+    for rec in entry["columns"].values():
+        if rec["status"] != "ok" or not ref:
+            continue
+        v = rec.get("metrics", {}).get(entry["primary"])
+        rec["of_fp32"] = v / ref if v is not None else None
+        rec["collapse"] = v is not None and v < COLLAPSE * ref
 
 
 def _short(rec: dict, primary: str) -> str:
@@ -698,16 +736,32 @@ def parse_args(argv=None):
 
 
 def merge(paths: list[str]) -> dict:
-    """One result from several runs over different models: the first file's header, every file's models
-    (in order), the summed total_s, and each run's created/args/git under 'runs'."""
+    """One result from several runs: the first file's header, every file's models in order; a model in several
+    files takes its columns from each, later files replacing earlier ones column by column (e.g. the peer
+    columns rerun after a fix), then is scored again (of_fp32, collapse, acceptance). Each run's created / args
+    / git / models are kept under 'runs'."""
+    import copy
+
     runs = []
     for path in paths:
         with open(path) as f:
             runs.append(json.load(f))
-    out = {k: v for k, v in runs[0].items() if k not in ("models", "total_s")}
+    out = {k: v for k, v in runs[0].items() if k not in ("models", "total_s", "runs")}
+    models: dict = {}
+    for r in runs:
+        for m, e in r["models"].items():
+            if m not in models or models[m]["status"] != "ok":
+                models[m] = copy.deepcopy(e)
+            elif e["status"] == "ok":
+                models[m]["columns"].update(copy.deepcopy(e["columns"]))
+    for e in models.values():
+        if e["status"] == "ok":
+            e["columns"] = {c: e["columns"][c] for c in COLUMNS if c in e["columns"]}
+            score_against_fp32(e)
+            e["acceptance"] = acceptance(e)
+    out["models"] = models
     out["args"] = {**runs[0]["args"], "columns": [c for c in COLUMNS if any(c in r["args"]["columns"] for r in runs)],
-                   "models": [m for r in runs for m in r["models"]]}
-    out["models"] = {m: e for r in runs for m, e in r["models"].items()}
+                   "models": list(models)}
     out["total_s"] = round(sum(r.get("total_s", 0) for r in runs), 1)
     out["runs"] = [{"file": p, "created": r["created"], "models": list(r["models"]), "total_s": r.get("total_s"),
                     "git": r.get("git"), "args": r["args"]} for p, r in zip(paths, runs)]
