@@ -447,6 +447,10 @@ def test_root_error_is_the_exception_a_traceback_ends_with():
     assert tuner.root_error("LocalBuilder: Timeout, killed after 0.001 seconds") == \
         "LocalBuilder: Timeout, killed after 0.001 seconds"
     assert tuner.root_error("board unplugged\nsecond line") == "board unplugged"
+    # a build worker that died sent no traceback: the builder names the exception it got instead
+    died = "LocalBuilder: An exception occurred\n" + tuner._exception_text(ChildProcessError("Subprocess terminated"))
+    assert tuner.root_error(died) == "ChildProcessError: Subprocess terminated"
+    assert tuner._exception_text(RuntimeError(TRACEBACK)) == TRACEBACK
 
 
 def failing_builder(message):

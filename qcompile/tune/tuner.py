@@ -481,7 +481,8 @@ def _pooled_builder_class():
                 elif res.status == StatusKind.TIMEOUT:
                     results.append(BuilderResult(None, f"LocalBuilder: Timeout, killed after {self.timeout_s} seconds"))
                 else:
-                    results.append(BuilderResult(None, f"LocalBuilder: An exception occurred\n{res.value}"))
+                    text = _exception_text(res.value)
+                    results.append(BuilderResult(None, f"LocalBuilder: An exception occurred\n{text}"))
             return results
 
         def shutdown(self):
@@ -855,6 +856,14 @@ def root_error(message: str) -> str:
             text = f"{text} {rest}".strip()
         return f"{m['name']}: {text}" if text else m["name"]
     return lines[0] if lines else ""
+
+
+def _exception_text(err) -> str:
+    """A build worker's exception as text: the traceback the worker sent, or "Type: message" when it
+    sent none (a worker that died answers ChildProcessError("Subprocess terminated"), which alone
+    names no error for root_error to find; its reason is on the tuning process's stderr)."""
+    text = str(err)
+    return text if "Traceback (most recent call last)" in text else f"{type(err).__name__}: {text}"
 
 
 def _last_line(err) -> str:
