@@ -132,6 +132,8 @@ def stage_realize(state: CompileState):
     from .quantize.float_precision import LowerFloatCompute
 
     qconfig = state.quant_info["qconfig"]
+    if state.quant_info.get("net_inputs") is not None and "safety_net" not in state.quant_info:
+        _safety_net(state)
     if not qconfig.is_float:
         state.mod = realize.realize(state)
     if qconfig.float_dtype != "float32":
@@ -150,6 +152,7 @@ def stage_realize(state: CompileState):
         "integer_layers": len(realized),
         "kept_fp32_by_rule": state.quant_info.get("kept_float", {}),
         "calibration_samples": state.quant_info.get("num_calib_samples"),
+        "safety_net": state.quant_info.get("safety_net"),
     }
     if state.quant_info.get("want_report"):
         from .quantize.report import layer_report
@@ -159,6 +162,18 @@ def stage_realize(state: CompileState):
         from .quantize.export_onnx import export_qdq
 
         state.quant_info.setdefault("files", {})["model_qdq.onnx"] = lambda path: export_qdq(state, path)
+
+
+def _safety_net(state: CompileState):
+    """Check the int8 plan on held-back samples; re-plan with the layers the net moves (quantize/safety_net.py)."""
+    from .quantize import safety_net
+
+    moved, report = safety_net.check(state, state.quant_info["net_inputs"], progress=state.progress)
+    state.quant_info["safety_net"] = report
+    state.notes.append(safety_net.note(report))
+    if moved:
+        state.quant_info["precision_overrides"] = {**(state.quant_info.get("precision_overrides") or {}), **moved}
+        stage_annotate(state)  # the same tensors, the moved layers at their new precision; ranges are kept
 
 
 def stage_offload(state: CompileState):

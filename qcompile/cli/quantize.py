@@ -15,7 +15,7 @@ def add_quantize_options(p):
     g.add_argument("--qconfig", metavar="FILE.yaml", help="quantization config file (see qcompile/quantize/qconfig.py)")
     g.add_argument("--calib", metavar="FILE.npz|DIR",
                    help="calibration data: .npz (keys = input names, first axis = samples) or a folder of them")
-    g.add_argument("--calib-method", choices=CALIB_METHODS, help="activation range method (default: mse)")
+    g.add_argument("--calib-method", choices=CALIB_METHODS, help="activation range method (default: auto: per tensor, the candidate range of minmax/percentile/entropy/mse with the smallest error at its consumer's output)")
     g.add_argument("--calib-samples", type=int, metavar="N", help="use at most N calibration samples")
     g.add_argument("--activation-dtype", choices=["int8", "uint8", "int16"], help="default: the target's preference")
     g.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default: per-channel)")

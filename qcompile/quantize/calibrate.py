@@ -20,6 +20,7 @@ import numpy as np
 from ..build import host_vm
 from ..errors import CalibrationError
 from .annotate import QuantPlan
+from . import range_search, safety_net
 from .observers import make_observer
 from .realize import Realizer
 
@@ -98,13 +99,12 @@ def calibration_module(plan, tensors=None):
 def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: dict, progress=True):
     """Feed every observed tensor of every calibration batch to its observer.
 
-    Returns ({var: (lo, hi)} by the method, {var: (min, max)} unclipped); int16 tensors use the latter,
-    since 16 bits resolve the full range and clipping would only add error."""
+    Returns ({var: (lo, hi)} by the method, {var: (min, max)} unclipped, {var: observer}); int16 tensors
+    use the unclipped range, since 16 bits resolve the full range and clipping would only add error."""
     import tvm
 
-
     if not plan.observe:
-        return {}, {}
+        return {}, {}, {}
     mod, tensors = calibration_module(plan)
     vm = host_vm(mod)
     observers = [make_observer(method, name=v.name, **params) for v in tensors]
@@ -122,7 +122,7 @@ def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: d
     ranges = {v: tuple(obs.compute_range()) for v, obs in zip(tensors, observers)}
     full = {v: (min(float(getattr(obs, "min_val", lo)), 0.0), max(float(getattr(obs, "max_val", hi)), 0.0))
             for v, obs, (lo, hi) in zip(tensors, observers, ranges.values())}
-    return ranges, full
+    return ranges, full, dict(zip(tensors, observers))
 
 
 def calibrate(state) -> dict:
@@ -146,12 +146,20 @@ def calibrate(state) -> dict:
                                    "FILE.npz to calibrate them, or --keep-fp32 those layers")
         plan = dataclasses.replace(plan, observe=missing)
     data, n = check_calib(load_calib(state.calib), state.model.inputs, qconfig.num_samples)
+    if safety_net.applies(qconfig, state):  # samples the net checks are not calibrated on
+        data, n, state.quant_info["net_inputs"] = safety_net.hold_back(data, n, state.model.inputs[0].shape[0])
     params = dict(qconfig.calib_params)
-    if qconfig.calib_method in ("percentile", "entropy", "mse"):
+    if qconfig.calib_method in ("percentile", "entropy", "mse", "auto"):
         params.setdefault("dtype", qconfig.activation_dtype)
         params.setdefault("symmetric", bool(qconfig.symmetric_activations))
-    ranges, full = run_observers(plan, state.model.inputs, data, n, qconfig.calib_method, params,
-                                 progress=state.progress)
+    ranges, full, observers = run_observers(plan, state.model.inputs, data, n, qconfig.calib_method, params,
+                                            progress=state.progress)
+    if qconfig.calib_method == "auto":
+        ranges, choice = range_search.search(plan, qconfig, observers, state.model.inputs, data, n,
+                                             progress=state.progress)
+        state.quant_info["calib_choice"] = choice
+        if choice:
+            state.notes.append(range_search.summary(choice))
     state.quant_info["num_calib_samples"] = n
     state.quant_info["full_ranges"] = full
     return ranges

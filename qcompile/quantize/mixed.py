@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import CalibrationError
 from .calibrate import check_calib, load_calib
+from .metrics import mean_cosine
 from .qconfig import BUDGET_METRICS
 from .report import layer_errors, layer_report
 from .sensitivity import leave_out, shared_tensor_groups
@@ -124,7 +125,7 @@ def _rank_measured(first, eval_inputs, reference, metric, bound_key, labels, pro
         # tie often, and the cosine budget takes the worst output, which one layer alone rarely moves when
         # two outputs suffer from different layers.
         return (_metric(metric, reference, out, labels),
-                float(np.mean([_mean_cosine(reference[k], out[k]) for k in reference])))
+                float(np.mean([mean_cosine(reference[k], out[k]) for k in reference])))
 
     groups = [(name,) for name in compute] + shared_tensor_groups(plan, compute)
     base, measured = leave_out(first, eval_inputs, score, groups, progress=progress)
@@ -194,7 +195,7 @@ def _hold_out(data: dict, n: int, batch: int):
 def _metric(metric: str, ref: dict, got: dict, labels) -> float:
     names = list(ref)
     if metric == "cosine":  # the worst output's mean cosine: one large output must not hide a ruined one
-        return min(_mean_cosine(ref[k], got[k]) for k in names)
+        return min(mean_cosine(ref[k], got[k]) for k in names)
     first = names[0]
     if metric == "agreement":
         return float((ref[first].argmax(-1) == got[first].argmax(-1)).mean())
@@ -202,16 +203,6 @@ def _metric(metric: str, ref: dict, got: dict, labels) -> float:
         labels = np.asarray(labels)
         return float((ref[first].argmax(-1) == labels).mean() - (got[first].argmax(-1) == labels).mean())
     raise ValueError(metric)
-
-
-def _mean_cosine(ref, got) -> float:
-    """Mean over samples (first axis) of the cosine between flattened outputs; 1.0 where both are zero."""
-    r = np.asarray(ref, np.float64).reshape(len(ref), -1)
-    g = np.asarray(got, np.float64).reshape(len(got), -1)
-    denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
-    same = np.all(r == g, axis=1)
-    cos = np.where(denom > 0, (r * g).sum(axis=1) / np.maximum(denom, 1e-300), 0.0)
-    return float(np.where(same, 1.0, cos).mean())
 
 
 def _is_compute(state, layer_name: str) -> bool:

@@ -271,6 +271,25 @@ class HistogramObserver(Observer):
         a, b = _best_affine_mse_bins(neg, pos, qmax - qmin)
         return -a * self._bin_width, b * self._bin_width
 
+    def candidate_ranges(self, percentiles=(99.9, 99.99)) -> dict[str, tuple[float, float]]:
+        """Every method's range from this one histogram, each widened to contain 0:
+        ``{"minmax": .., "percentile_99.99": .., "entropy": .., "mse": ..}`` (auto calibration picks one)."""
+        if self.num_updates == 0:
+            raise CalibrationError(f"no calibration data was observed{self._for_tensor()}")
+        out = {"minmax": (self.min_val, self.max_val)}
+        if self._amax > 0.0:
+            saved = self.percentile
+            try:
+                for p in percentiles:
+                    self.percentile = float(p)
+                    out[f"percentile_{p:g}"] = self._percentile_range()
+            finally:
+                self.percentile = saved
+            out["entropy"] = self._entropy_range()
+            out["mse"] = self._mse_range()
+        return {k: (min(max(float(lo), self.min_val), 0.0), max(min(float(hi), self.max_val), 0.0))
+                for k, (lo, hi) in out.items()}
+
     @property
     def _bin_width(self) -> float:
         return self._amax / self.bins
@@ -442,6 +461,8 @@ _OBSERVER_METHODS = {
     "percentile": (HistogramObserver, {"method": "percentile"}),
     "entropy": (HistogramObserver, {"method": "entropy"}),
     "mse": (HistogramObserver, {"method": "mse"}),
+    # auto: one histogram gives every method's candidate range; range_search.py picks per tensor
+    "auto": (HistogramObserver, {"method": "mse"}),
 }
 
 

@@ -9,7 +9,7 @@ Example qconfig.yaml::
     weight_dtype: int8         # int8 | int16
     per_channel: true
     symmetric_activations: false
-    calib_method: mse          # minmax | moving_average | percentile | entropy | mse | dynamic
+    calib_method: auto         # auto | minmax | moving_average | percentile | entropy | mse | dynamic
     calib_params: {percentile: 99.99}
     weight_method: max         # max | mse
     num_samples: 200
@@ -21,6 +21,7 @@ Example qconfig.yaml::
     fallback: int16            # where sensitive layers go first: int16, then fp32
     float_dtype: float32       # compute of layers left in float: float32 | float16 | bfloat16
     power_of_two_scales: null  # scales rounded up to 2^k (shift-only requantize); default: the target's
+    safety_net: true           # int8: check held-back samples vs fp32; move <= 10% of conv/matmul to int16 if needed
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import yaml
 
 from ..errors import ConfigError
 
-CALIB_METHODS = ("minmax", "moving_average", "percentile", "entropy", "mse", "dynamic")
+CALIB_METHODS = ("auto", "minmax", "moving_average", "percentile", "entropy", "mse", "dynamic")
 PRECISIONS = ("int8", "int16", "fp16", "bf16")
 
 
@@ -44,7 +45,7 @@ class QConfig:
     weight_dtype: str | None = None
     per_channel: bool | None = None
     symmetric_activations: bool | None = None
-    calib_method: str = "mse"
+    calib_method: str = "auto"
     calib_params: dict = field(default_factory=dict)
     weight_method: str = "max"
     num_samples: int | None = None
@@ -56,6 +57,7 @@ class QConfig:
     fallback: str = "int16"
     float_dtype: str = "float32"
     power_of_two_scales: bool | None = None
+    safety_net: bool = True    # int8: check on held-back samples, move a few sensitive layers if needed
     source: str = ""
 
     def __post_init__(self):

@@ -1,0 +1,93 @@
+"""The safety net (on by default for int8): a plan that misses on held-back samples moves its most
+sensitive conv/matmul layers (at most 10% of them, at least one) to int16, and says so.
+
+The constructed model has ten matmuls; one reads a tensor no 8-bit per-tensor grid can hold: half its
+channels are ~1000x larger than the rest, and the consumer's weights make both halves matter equally.
+No range helps (keeping the large channels rounds the small ones away; clipping the large ones loses
+them), so calibration alone cannot save it, and the net must move exactly that layer.
+"""
+
+import numpy as np
+import pytest
+from tvm import relax
+
+import qcompile
+from qcompile.quantize import safety_net
+from qcompile.quantize.qconfig import QConfig
+from .test_realize import relax_model
+
+T, D = 8, 16
+RNG = np.random.default_rng(5)
+
+
+def model_with_one_hard_layer():
+    ws = [RNG.standard_normal((D, D)).astype(np.float32) / np.sqrt(D) for _ in range(9)]
+    wz = np.concatenate([RNG.standard_normal((D // 2, D)) * 0.01, RNG.standard_normal((D // 2, D)) * 10.0])
+    wz = (wz / np.sqrt(D)).astype(np.float32)
+
+    def build(bb, x, z):
+        h = x
+        for w in ws:
+            h = bb.emit(relax.op.nn.relu(bb.emit(relax.op.matmul(h, relax.const(w)))))
+        hz = bb.emit(relax.op.matmul(z, relax.const(wz)))
+        return bb.emit(relax.op.concat([h, hz], axis=-1))
+
+    return relax_model([("x", (1, T, D)), ("z", (1, T, D))], build)
+
+
+def data(n, seed):
+    r = np.random.default_rng(seed)
+    z = r.standard_normal((n, T, D)).astype(np.float32)
+    z[..., : D // 2] *= 100.0   # large channels (small weights) ...
+    z[..., D // 2:] *= 0.1      # ... and small channels (large weights): both halves matter
+    return {"x": r.standard_normal((n, T, D)).astype(np.float32), "z": z}
+
+
+def cosine(a, b):
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def case():
+    model = model_with_one_hard_layer()
+    ev = data(8, 2)
+    ref = np.concatenate([qcompile.compile(model).run({k: v[i:i + 1] for k, v in ev.items()})["y"] for i in range(8)])
+    return model, data(48, 1), ev, ref
+
+
+def _run(case, **qkw):
+    model, calib, ev, ref = case
+    pipe = qcompile.Pipeline(qconfig=QConfig(**qkw))
+    art = pipe.run(model, calib=calib)
+    got = np.concatenate([art.run({k: v[i:i + 1] for k, v in ev.items()})["y"] for i in range(8)])
+    return cosine(got, ref), art, pipe.state
+
+
+def test_without_the_net_int8_misses(case):
+    cos, art, _ = _run(case, safety_net=False)
+    assert cos < safety_net.COSINE_MIN, cos
+    assert set(art.metadata["quantization"]["layers"].values()) == {"int8"}
+
+
+def test_the_net_moves_the_one_layer_and_passes(case):
+    cos, art, state = _run(case)
+    report = state.quant_info["safety_net"]
+    assert not report["passed"] and report["met_after_move"], report
+    layers = art.metadata["quantization"]["layers"]
+    moved = {name for name, p in layers.items() if p != "int8"}
+    assert moved == set(report["moved"]) and len(moved) == 1, layers   # 10 matmuls: at most 1 may move
+    assert layers[next(iter(moved))] == "int16"
+    assert cos >= 0.99, cos
+    assert art.metadata["quantization"]["safety_net"]["moved"] == report["moved"]
+    assert any(n.startswith("safety net:") and "moved 1 of 10" in n for n in art.metadata["notes"])
+
+
+def test_a_model_that_passes_moves_nothing():
+    from qcompile import zoo
+
+    pipe = qcompile.Pipeline(qconfig=QConfig())
+    art = pipe.run(zoo.DIGITS_MODEL, calib=zoo.digits_calib())
+    report = pipe.state.quant_info["safety_net"]
+    assert report["passed"] and report["moved"] == {}
+    assert set(art.metadata["quantization"]["layers"].values()) == {"int8"}
