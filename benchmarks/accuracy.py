@@ -608,7 +608,7 @@ def plot(results: dict, path: str):
     cols = [c for c in COLUMNS if c in results["args"]["columns"]]
     if not models:
         return False
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * len(cols) * len(models) + 2), 4.8))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.14 * len(cols) * len(models) + 2), 5.0))
     width = 0.85 / len(cols)
     cmap = plt.get_cmap("tab20")
     colors = {"ort_fp32": "#8c8c8c", "qc_fp32": "#4c72b0", "ort_static_default": "#f2b880", "ort_static_best": "#dd8452",
