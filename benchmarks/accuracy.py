@@ -190,9 +190,6 @@ class CalibReader:
     def get_next(self):
         return next(self.items, None)
 
-    def rewind(self):  # pragma: no cover - part of the reader interface
-        raise NotImplementedError
-
 
 def ort_static(ds, work: str, best: bool) -> tuple[str, dict]:
     """ORT quantize_static. best=False: every default (QDQ, per-tensor, MinMax, its default types and op
