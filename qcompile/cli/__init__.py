@@ -397,7 +397,7 @@ def cmd_demo(args):
     quantize = None if args.quantize == "none" else args.quantize
     if quantize:
         try:
-            from .quantize import qconfig  # noqa: F401
+            from ..quantize import qconfig  # noqa: F401
         except ModuleNotFoundError:
             print("note: quantization is not available in this build; showing fp32 only")
             quantize = None
