@@ -88,7 +88,6 @@ def calibration_module(plan, tensors=None):
     import tvm
     from tvm import relax
 
-
     tensors = list(plan.observe if tensors is None else tensors)
     float_plan = QuantPlan(layers=[], observe=[], func=plan.func, mod=plan.mod)
     rz = Realizer(float_plan, {}, None)

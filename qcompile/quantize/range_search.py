@@ -68,8 +68,8 @@ def _stackable(call, var) -> bool:
 class _Probe:
     """Builds the probe function through a float rebuild of main (see the module docstring)."""
 
-    def __init__(self, plan, qconfig, cands: dict, dtypes: dict):
-        self.plan, self.qconfig, self.cands, self.dtypes = plan, qconfig, cands, dtypes
+    def __init__(self, plan, cands: dict, dtypes: dict):
+        self.plan, self.cands, self.dtypes = plan, cands, dtypes
         self.index: list[tuple] = []  # per output pair: (var, consumer name or None)
 
     def consumers(self, var):
@@ -144,7 +144,7 @@ def search(plan, qconfig, observers: dict, model_inputs, data: dict, n: int, pro
     if not cands:
         return ranges, report
 
-    probe = _Probe(plan, qconfig, cands, dtypes)
+    probe = _Probe(plan, cands, dtypes)
     float_plan = QuantPlan(layers=[], observe=[], func=plan.func, mod=plan.mod)
     rz = Realizer(float_plan, {}, qconfig)
     vm = host_vm(plan.with_main(rz.rebuild(plan.func, outputs=probe.outputs)))

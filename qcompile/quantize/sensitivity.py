@@ -70,7 +70,6 @@ class GatedModel:
     def __init__(self, state):
         from tvm import relax
 
-
         info = state.quant_info
         plan = info["plan"]
         self.layers = [layer.name for layer in plan.layers if layer.precision != "fp32"]
@@ -83,7 +82,6 @@ class GatedModel:
 
     def run(self, inputs: dict, gates) -> dict:
         import tvm
-
 
         n, batch = len(next(iter(inputs.values()))), self.inputs[0].shape[0]
         g = np.ones(max(1, len(self.layers)), np.float32)
