@@ -62,10 +62,18 @@ def stage_import(state: CompileState):
 
 
 def preprocess_passes():
-    """Inference simplifications every target wants before quantization."""
+    """Inference simplifications every target wants before quantization: BatchNorm and per-channel
+    scale/shift folded into the conv/matmul weights (so weight ranges are taken after folding), ONNX's
+    n-ary Sum as binary adds (qcompile/transform)."""
     from tvm import relax
 
+    from .transform import FoldBatchNorm, SumToAdds
+
     return [
+        relax.transform.FoldConstant(),          # a Gemm's transposed weight becomes a constant
+        relax.transform.DeadCodeElimination(),   # batch_norm's unused running-statistics items
+        FoldBatchNorm(),
+        SumToAdds(),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.FoldConstant(),

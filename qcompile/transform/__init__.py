@@ -1,5 +1,8 @@
-"""Relax passes qcompile runs while lowering a model for a CPU target (see pipeline.stage_lower)."""
+"""Relax passes qcompile runs on a model: graph preparation before quantization (pipeline.preprocess_passes:
+fold_batch_norm.py, sum_to_adds.py) and lowering for a CPU target (pipeline.stage_lower)."""
 
+from .fold_batch_norm import FoldBatchNorm
 from .split_grouped_conv import SplitGroupedConv
+from .sum_to_adds import SumToAdds
 
-__all__ = ["SplitGroupedConv"]
+__all__ = ["FoldBatchNorm", "SplitGroupedConv", "SumToAdds"]

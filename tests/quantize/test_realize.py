@@ -75,31 +75,37 @@ def test_conv2d_bit_exact_against_reference(case, qkw):
     calib = {"x": RNG.standard_normal((8, c["c_in"], 9, 9)).astype(np.float32) + 0.3}
     art, state = compile_quantized(model, calib, calib_method="minmax", **qkw)
     plan = state.quant_info["plan"]
-    qc = state.quant_info["qconfig"]
     assert [l.op for l in plan.layers] == ["relax.nn.conv2d"]
-    layer = plan.layers[0]
-    a_dtype = "int16" if qc.precision == "int16" else qc.activation_dtype
-    w_dtype = "int16" if qc.precision == "int16" else qc.weight_dtype
 
     x = RNG.standard_normal((2, c["c_in"], 9, 9)).astype(np.float32) * 1.2
+    expected, (so, zo) = conv_reference_codes(state, plan.layers[0], x, w, b, c["stride"], c["pad"], c["dil"],
+                                              c["groups"], c["relu"])
+    got = out_codes(art.run({"x": x})["y"], so, zo)
+    np.testing.assert_array_equal(got, expected)
+
+
+def conv_reference_codes(state, layer, x, w, b, stride, pad, dil, groups, relu):
+    """(the output codes numpy's integer semantics give conv2d layer `layer` on float input x with float
+    weight w and bias b, the output's (scale, zero point))."""
+    from qcompile.quantize.realize import clamp_bounds
+
+    qc = state.quant_info["qconfig"]
+    a_dtype = "int16" if qc.precision == "int16" else qc.activation_dtype
+    w_dtype = "int16" if qc.precision == "int16" else qc.weight_dtype
     sx, zx = qparams_of(state, layer.inputs[0])
     so, zo = qparams_of(state, layer.out)
     x_q = reference.quantize(x, sx, zx, a_dtype)
     w_scale, w_q = quantize_weight(w, w_dtype, qc, axis=0)
-    acc = reference.qconv2d(x_q, zx, w_q, 0, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"])
+    acc = reference.qconv2d(x_q, zx, w_q, 0, stride=stride, padding=pad, dilation=dil, groups=groups)
     bias_q = fold_bias(b, sx * w_scale.astype(np.float64), zx, w_q.reshape(w_q.shape[0], -1).sum(1))
     # the reference accumulator already subtracts x_zp; fold_bias took x_zp * sum(w_q) out for the kernel
     acc = acc + (bias_q + zx * w_q.reshape(w_q.shape[0], -1).sum(1)).reshape(1, -1, 1, 1)
-    from qcompile.quantize.realize import clamp_bounds
-
     m = sx * w_scale.astype(np.float64) / so
     bound = fixed_point.acc_bound(int(np.prod(w_q.shape[1:])), a_dtype, w_dtype, zx, 0) + int(np.abs(bias_q).max())
     bits = fixed_point.multiplier_bits_for(bound) if w_dtype == "int16" else 31
     mult, shift = fixed_point.quantize_multiplier(m, bits=bits)
-    lo, hi = clamp_bounds(so, zo, a_dtype, (0.0, None) if c["relu"] else None)
-    expected = fixed_point.requantize(acc, mult, shift, zo, lo, hi, axis=1)
-    got = out_codes(art.run({"x": x})["y"], so, zo)
-    np.testing.assert_array_equal(got, expected)
+    lo, hi = clamp_bounds(so, zo, a_dtype, (0.0, None) if relu else None)
+    return fixed_point.requantize(acc, mult, shift, zo, lo, hi, axis=1), (so, zo)
 
 
 def test_dense_add_mean_maxpool_bit_exact():

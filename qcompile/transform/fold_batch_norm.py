@@ -1,0 +1,225 @@
+"""FoldBatchNorm: BatchNormalization and per-channel scale/shift after a conv2d or matmul go into its
+constant weight and one bias add.
+
+Models exported from Caffe2, Keras or TF keep ``conv -> BatchNormalization`` (and sometimes a
+following per-channel ``Mul``/``Add``). Left alone, DecomposeOpsForInference makes the BN a float
+subtract/divide/multiply/add island after every conv: quantization then takes the per-channel
+weight ranges of the unscaled weights, and every conv leaves the integer domain for its BN.
+
+The chain after the anchor is any run of
+  * ``relax.nn.batch_norm(y, gamma, beta, mean, var)`` whose tuple's only user is ``[0]``
+    (inference: the moving statistics, as DecomposeOpsForInference reads every batch_norm);
+  * ``add`` / ``multiply`` (either operand order), ``subtract`` / ``divide`` (``y`` first) with a float
+    constant of the channels, shaped along the channel axis: (1,C,1,1) or (C,1,1) after a conv2d,
+    (1,N) or (N,) after a matmul;
+each step being the only user of the previous one. It is an affine map per channel, ``s*y + t``:
+the weight's output channel ``o`` is multiplied by ``s[o]`` (grouped and depthwise convs alike:
+OIHW's O is the output channel) and ``t`` becomes one ``add`` after the conv (a matmul's weight
+``[K, N]`` is scaled per column). A chain that is already one bias add is left as it is. Scalar
+constants are not folded: ``add(y, 3)`` may open a HardSwish/HardSigmoid, which the quantizer reads
+as one activation.
+
+The result is the same function up to float rounding (the scale is applied to the weights before
+the sums instead of after).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir.expr import Constant
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .rewrite import rewrite_relax_functions
+
+_AFFINE = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide"}
+
+
+class _Fold:
+    """One anchor (conv2d/matmul) with the chain it absorbs: new weight, bias, the chain's last var."""
+
+    def __init__(self, anchor, weight: np.ndarray, bias: np.ndarray, bias_shape, end_var, steps: int, dead: set):
+        self.anchor, self.weight, self.bias, self.bias_shape = anchor, weight, bias, bias_shape
+        self.end_var, self.steps, self.dead = end_var, steps, dead
+
+
+def plan_folds(func) -> tuple[dict, set]:
+    """{chain end var: _Fold} and the set of vars the folds make dead (anchors and inner steps)."""
+    bindings = [b for blk in func.body.blocks for b in blk.bindings]
+    users, user_of = Counter(), {}
+    for b in bindings:
+        for v in relax.analysis.free_vars(b.value):
+            users[v] += 1
+            user_of[v] = b
+    for v in relax.analysis.free_vars(func.body.body):
+        users[v] += 1
+    folds, dead = {}, set()
+    for b in bindings:
+        fold = _chain(b, users, user_of)
+        if fold is not None:
+            folds[fold.end_var] = fold
+            dead.update(fold.dead)
+    return folds, dead
+
+
+def _anchor(call):
+    """(weight, channel count, channel axis of the output, output ndim) of a foldable anchor, else None."""
+    if not _is_op(call, "relax.nn.conv2d", "relax.matmul") or not isinstance(call.args[1], Constant):
+        return None
+    weight = call.args[1].value.numpy()
+    if weight.dtype != np.float32 or not isinstance(call.ty, relax.TensorType) or call.ty.dtype != "float32":
+        return None
+    shape = getattr(call.ty.shape, "values", None)
+    if shape is None:
+        return None
+    ndim = len(shape)
+    if call.op.name == "relax.nn.conv2d":
+        a = call.attrs
+        if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW") or weight.ndim != 4:
+            return None
+        return weight, weight.shape[0], 1, ndim
+    if weight.ndim != 2 or ndim < 1:
+        return None
+    return weight, weight.shape[1], ndim - 1, ndim
+
+
+def _chain(binding, users, user_of):
+    found = _anchor(binding.value) if isinstance(binding.value, relax.Call) else None
+    if found is None:
+        return None
+    weight, channels, axis, ndim = found
+    scale, shift = np.ones(channels), np.zeros(channels)
+    cur, inner, kinds = binding.var, [], []
+    while users[cur] == 1 and cur in user_of:
+        nxt = user_of[cur]
+        step = _affine_step(nxt.value, cur, channels, axis, ndim)
+        if step is None:
+            step = _batch_norm_step(nxt, users, user_of, channels, axis, ndim)
+            if step is None:
+                break
+            inner.append(nxt.var)  # the batch_norm tuple; nxt becomes its [0]
+            (s, t), nxt = step, user_of[nxt.var]
+            kinds.append("batch_norm")
+        else:
+            s, t = step
+            kinds.append(nxt.value.op.name)
+        scale, shift = scale * s, shift * s + t
+        inner.append(cur)
+        cur = nxt.var
+    if not kinds or kinds == ["relax.add"]:
+        return None
+    if binding.value.op.name == "relax.nn.conv2d":
+        new_w = weight.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
+    else:
+        new_w = weight.astype(np.float64) * scale.reshape(1, -1)
+    bias_shape = [1] * ndim
+    bias_shape[axis] = channels
+    return _Fold(binding.value, new_w.astype(np.float32), shift.astype(np.float32), bias_shape, cur, len(kinds),
+                 set(inner))
+
+
+def _affine_step(value, cur, channels, axis, ndim):
+    """(s, t) with value == s*cur + t per channel, for add/subtract/multiply/divide by a channel constant."""
+    if not _is_op(value, *_AFFINE):
+        return None
+    a, b = value.args
+    op = value.op.name
+    if b.same_as(cur) and op in ("relax.add", "relax.multiply"):
+        a, b = b, a
+    if not a.same_as(cur) or not isinstance(b, Constant):
+        return None
+    c = _per_channel(b.value.numpy(), channels, axis, ndim)
+    if c is None:
+        return None
+    one, zero = np.ones(channels), np.zeros(channels)
+    if op == "relax.add":
+        return one, c
+    if op == "relax.subtract":
+        return one, -c
+    if op == "relax.multiply":
+        return c, zero
+    if np.any(c == 0):
+        return None
+    return 1.0 / c, zero
+
+
+def _batch_norm_step(binding, users, user_of, channels, axis, ndim):
+    """(s, t) of `y = batch_norm(cur, ...)[0]` when the tuple's only user is that [0]."""
+    value = binding.value
+    if not _is_op(value, "relax.nn.batch_norm") or int(value.attrs.axis) % ndim != axis:
+        return None
+    params = [a.value.numpy() if isinstance(a, Constant) else None for a in value.args[1:]]
+    if any(p is None or p.shape != (channels,) or p.dtype != np.float32 for p in params):
+        return None
+    item = user_of.get(binding.var)
+    if users[binding.var] != 1 or item is None or not isinstance(item.value, relax.TupleGetItem) \
+            or item.value.index != 0:
+        return None
+    gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+    s = (gamma if value.attrs.scale else 1.0) / np.sqrt(var + float(value.attrs.epsilon))
+    t = (beta if value.attrs.center else 0.0) - mean * s
+    return s, t
+
+
+def _per_channel(value: np.ndarray, channels: int, axis: int, ndim: int):
+    """The constant as a float64 vector over the channels, if it varies only along `axis` and has
+    exactly `channels` values (a scalar is not a channel constant unless there is one channel)."""
+    if value.dtype.kind != "f" or value.ndim > ndim or value.size != channels:
+        return None
+    shape = [1] * ndim
+    shape[axis] = channels
+    try:
+        if np.broadcast_shapes(value.shape, tuple(shape)) != tuple(shape):
+            return None
+    except ValueError:
+        return None
+    return np.broadcast_to(value, tuple(shape)).reshape(-1).astype(np.float64)
+
+
+def _is_op(e, *names) -> bool:
+    return isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name in names
+
+
+@mutator
+class _Folder(PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.folds, self.dead = {}, set()
+        self.count = self.steps = 0
+
+    def visit_function_(self, func):
+        self.folds, self.dead = plan_folds(func)
+        return super().visit_function_(func)
+
+    def visit_var_binding_(self, binding):
+        if binding.var in self.dead:
+            return
+        fold = self.folds.get(binding.var)
+        if fold is None:
+            super().visit_var_binding_(binding)
+            return
+        call = fold.anchor
+        anchor = self.builder_.emit(relax.Call(call.op, [self.visit_expr(call.args[0]), relax.const(fold.weight)],
+                                               call.attrs, call.ty_args), name_hint="folded")
+        value = relax.op.add(anchor, relax.const(fold.bias.reshape(fold.bias_shape)))
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(value)))
+        self.count += 1
+        self.steps += fold.steps
+
+
+@tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
+class FoldBatchNorm:
+    """Fold batch_norm and per-channel scale/shift chains into the conv2d/matmul before them.
+    `last_count` says how many anchors the last run folded, `last_steps` how many ops they absorbed."""
+
+    def __init__(self):
+        self.last_count = self.last_steps = 0
+
+    def transform_module(self, mod, _ctx):
+        folder = _Folder(mod)
+        new = rewrite_relax_functions(mod, folder)
+        self.last_count, self.last_steps = folder.count, folder.steps
+        return new
