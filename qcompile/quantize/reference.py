@@ -40,6 +40,8 @@ __all__ = [
     "requantize",
     "add_requantized",
     "add_left_shift",
+    "lut_table",
+    "lut_apply",
 ]
 
 
@@ -255,3 +257,26 @@ def add_requantized(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, d
     b = rescale(_centered(b_q, b_zp) << shift_left, b_mult, b_shift)
     qmin, qmax = qrange(dtype)
     return requantize(a + b, out_mult, out_shift, out_zp, qmin, qmax).astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# lookup tables (pointwise activations)
+# ---------------------------------------------------------------------------
+
+
+def lut_table(fn, in_scale, in_zp, out_scale, out_zp, dtype) -> np.ndarray:
+    """The output code of every input code of ``dtype``, in code order (``qmin`` first).
+
+    ``table[i] = quantize(fn(dequantize(qmin + i)))``: ``fn`` gets the dequantized float32
+    inputs as float64 and returns floats; the table has 2**bits entries of ``dtype``.
+    """
+    qmin, qmax = qrange(dtype)
+    codes = np.arange(qmin, qmax + 1, dtype=np.int64)
+    real = dequantize(codes, in_scale, in_zp).astype(np.float64)
+    return quantize(np.asarray(fn(real), np.float64), out_scale, out_zp, dtype)
+
+
+def lut_apply(q, table) -> np.ndarray:
+    """Look every code of ``q`` up in ``table`` (from ``lut_table`` for q's dtype)."""
+    q = np.asarray(q)
+    return np.asarray(table)[q.astype(np.int64) - qrange(q.dtype)[0]]

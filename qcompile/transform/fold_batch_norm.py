@@ -25,15 +25,13 @@ the sums instead of after).
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .rewrite import rewrite_relax_functions
+from .rewrite import is_op, rewrite_relax_functions, use_counts
 
 _AFFINE = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide"}
 
@@ -48,16 +46,9 @@ class _Fold:
 
 def plan_folds(func) -> tuple[dict, set]:
     """{chain end var: _Fold} and the set of vars the folds make dead (anchors and inner steps)."""
-    bindings = [b for blk in func.body.blocks for b in blk.bindings]
-    users, user_of = Counter(), {}
-    for b in bindings:
-        for v in relax.analysis.free_vars(b.value):
-            users[v] += 1
-            user_of[v] = b
-    for v in relax.analysis.free_vars(func.body.body):
-        users[v] += 1
+    users, user_of = use_counts(func)
     folds, dead = {}, set()
-    for b in bindings:
+    for b in (b for blk in func.body.blocks for b in blk.bindings):
         fold = _chain(b, users, user_of)
         if fold is not None:
             folds[fold.end_var] = fold
@@ -67,7 +58,7 @@ def plan_folds(func) -> tuple[dict, set]:
 
 def _anchor(call):
     """(weight, channel count, channel axis of the output, output ndim) of a foldable anchor, else None."""
-    if not _is_op(call, "relax.nn.conv2d", "relax.matmul") or not isinstance(call.args[1], Constant):
+    if not is_op(call, "relax.nn.conv2d", "relax.matmul") or not isinstance(call.args[1], Constant):
         return None
     weight = call.args[1].value.numpy()
     if weight.dtype != np.float32 or not isinstance(call.ty, relax.TensorType) or call.ty.dtype != "float32":
@@ -123,7 +114,7 @@ def _chain(binding, users, user_of):
 
 def _affine_step(value, cur, channels, axis, ndim):
     """(s, t) with value == s*cur + t per channel, for add/subtract/multiply/divide by a channel constant."""
-    if not _is_op(value, *_AFFINE):
+    if not is_op(value, *_AFFINE):
         return None
     a, b = value.args
     op = value.op.name
@@ -149,7 +140,7 @@ def _affine_step(value, cur, channels, axis, ndim):
 def _batch_norm_step(binding, users, user_of, channels, axis, ndim):
     """(s, t) of `y = batch_norm(cur, ...)[0]` when the tuple's only user is that [0]."""
     value = binding.value
-    if not _is_op(value, "relax.nn.batch_norm") or int(value.attrs.axis) % ndim != axis:
+    if not is_op(value, "relax.nn.batch_norm") or int(value.attrs.axis) % ndim != axis:
         return None
     params = [a.value.numpy() if isinstance(a, Constant) else None for a in value.args[1:]]
     if any(p is None or p.shape != (channels,) or p.dtype != np.float32 for p in params):
@@ -177,10 +168,6 @@ def _per_channel(value: np.ndarray, channels: int, axis: int, ndim: int):
     except ValueError:
         return None
     return np.broadcast_to(value, tuple(shape)).reshape(-1).astype(np.float64)
-
-
-def _is_op(e, *names) -> bool:
-    return isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name in names
 
 
 @mutator

@@ -13,32 +13,22 @@ common shape is smaller than the Sum's.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .rewrite import rewrite_relax_functions
-
-
-def _is_op(e, name) -> bool:
-    return isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name == name
+from .rewrite import is_op, rewrite_relax_functions, use_counts
 
 
 @mutator
 class _SumRewriter(PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
-        self.users = Counter()
+        self.users = {}
         self.count = 0
 
     def visit_function_(self, func):
-        self.users = Counter()
-        for blk in func.body.blocks:
-            for b in blk.bindings:
-                self.users.update(relax.analysis.free_vars(b.value))
-        self.users.update(relax.analysis.free_vars(func.body.body))
+        self.users, _ = use_counts(func)
         return super().visit_function_(func)
 
     def visit_call_(self, call):
@@ -55,13 +45,15 @@ class _SumRewriter(PyExprMutator):
 
     def _summands(self, call):
         """The Sum's inputs (before their broadcast copies) if `call` is sum(stack(...), axis=[0])."""
-        if not _is_op(call, "relax.sum") or call.attrs.keepdims or call.attrs.axis is None:
+        if not is_op(call, "relax.sum") or call.attrs.keepdims or call.attrs.axis is None:
             return None
         stacked = call.args[0]
-        if [int(a) for a in call.attrs.axis] != [0] or not isinstance(stacked, relax.Var) or self.users[stacked] != 1:
+        if [int(a) for a in call.attrs.axis] != [0] or not isinstance(stacked, relax.Var):
+            return None
+        if self.users.get(stacked, 0) != 1:
             return None
         stack = self.lookup_binding(stacked)
-        if not _is_op(stack, "relax.stack") or int(stack.attrs.axis) != 0:
+        if not is_op(stack, "relax.stack") or int(stack.attrs.axis) != 0:
             return None
         fields = stack.args[0]
         fields = getattr(fields, "fields", None)
@@ -70,7 +62,7 @@ class _SumRewriter(PyExprMutator):
         inputs = []
         for f in fields:
             copy = self.lookup_binding(f) if isinstance(f, relax.Var) else None
-            inputs.append(copy.args[0] if _is_op(copy, "relax.broadcast_to") and _static(copy.args[0]) else f)
+            inputs.append(copy.args[0] if is_op(copy, "relax.broadcast_to") and _static(copy.args[0]) else f)
         return inputs
 
 

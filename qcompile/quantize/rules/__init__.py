@@ -11,6 +11,10 @@ A rule answers two questions, like a quantizer class in ONNX Runtime's registry:
 
 Adding an op is one new module in this package that defines a Rule subclass with
 ``@register("relax.op.name")``; ``load_rules()`` imports every module here.
+
+An activation Relax has no single op for (HardSwish arrives as ``x * clip(x + 3, 0, 6) / 6``) is a
+rule registered with ``@register_pattern("relax.op.name")`` for the op its decomposed form starts
+with: annotate tries it before that op's own rule, which takes the op when the pattern does not.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pkgutil
 from ..layer import Layer
 
 RULES: dict[str, "Rule"] = {}
+PATTERNS: dict[str, list["Rule"]] = {}
 _LOADED = False
 
 
@@ -28,6 +33,15 @@ def register(*op_names: str):
     def wrap(cls):
         for name in op_names:
             RULES[name] = cls()
+        return cls
+
+    return wrap
+
+
+def register_pattern(*op_names: str):
+    def wrap(cls):
+        for name in op_names:
+            PATTERNS.setdefault(name, []).append(cls())
         return cls
 
     return wrap
@@ -44,9 +58,25 @@ def load_rules() -> dict[str, "Rule"]:
 
 
 def rule_for(op_name: str):
+    """The rule annotate asks to match a call of `op_name`: its pattern rules, then its own rule."""
     if not _LOADED:
         load_rules()
-    return RULES.get(op_name)
+    rules = PATTERNS.get(op_name, []) + ([RULES[op_name]] if op_name in RULES else [])
+    return rules[0] if len(rules) == 1 else _FirstMatch(rules) if rules else None
+
+
+class _FirstMatch:
+    """Several rules for one op: the first that matches makes the layer (and realizes it)."""
+
+    def __init__(self, rules):
+        self.rules = rules
+
+    def match(self, binding, graph):
+        for rule in self.rules:
+            layer = rule.match(binding, graph)
+            if layer is not None:
+                return layer
+        return None
 
 
 class Rule:
