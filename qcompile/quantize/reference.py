@@ -29,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .fixed_point import along_axis, qrange, quantize_multiplier, requantize, rescale
+from .fixed_point import (along_axis, multiplier_bits_for, operand_magnitude, qrange, quantize_multiplier,
+                          requantize, rescale)
 
 __all__ = [
     "quantize",
@@ -42,6 +43,8 @@ __all__ = [
     "add_left_shift",
     "lut_table",
     "lut_apply",
+    "scale_shift_parts",
+    "scale_shift",
 ]
 
 
@@ -280,3 +283,42 @@ def lut_apply(q, table) -> np.ndarray:
     """Look every code of ``q`` up in ``table`` (from ``lut_table`` for q's dtype)."""
     q = np.asarray(q)
     return np.asarray(table)[q.astype(np.int64) - qrange(q.dtype)[0]]
+
+
+# ---------------------------------------------------------------------------
+# per-channel scale and shift (a batch norm with no conv to fold into)
+# ---------------------------------------------------------------------------
+
+SCALE_SHIFT_HEADROOM = 16
+"""Bits the centered codes are shifted left by, so the shift rounds to 2**-16 of an input step."""
+
+
+def scale_shift_parts(in_scale, in_zp, scale, shift, dtype, axis: int = 1, ndim: int = 4):
+    """Integer parameters of ``y = scale[c] * x + shift[c]`` on codes of ``dtype`` (scale[c] != 0):
+    ``(sign, bias, unit, bound)``, shaped to broadcast along ``axis`` of ``ndim``.
+
+    The accumulator is ``acc = sign[c] * (q - in_zp) * 2**H + bias[c]`` in units of
+    ``unit[c] = in_scale * |scale[c]| / 2**H`` (``H = SCALE_SHIFT_HEADROOM``), with
+    ``bias[c] = rint(shift[c] / unit[c])``; ``bound`` is the largest ``|acc|``.
+    """
+    scale = np.asarray(scale, np.float64).reshape(-1)
+    if np.any(scale == 0):
+        raise ValueError("a zero scale has no integer form")
+    shape = [1] * ndim
+    shape[axis] = scale.size
+    unit = float(in_scale) * np.abs(scale) / 2.0**SCALE_SHIFT_HEADROOM
+    bias = np.rint(np.asarray(shift, np.float64).reshape(-1) / unit).astype(np.int64)
+    sign = np.sign(scale).astype(np.int64) << SCALE_SHIFT_HEADROOM
+    bound = (operand_magnitude(dtype, in_zp) << SCALE_SHIFT_HEADROOM) + int(np.abs(bias).max(initial=0))
+    return sign.reshape(shape), bias.reshape(shape), unit, bound
+
+
+def scale_shift(q, in_scale, in_zp, scale, shift, out_scale, out_zp, qmin: int, qmax: int,
+                axis: int = 1) -> np.ndarray:
+    """``scale[c] * x + shift[c]`` (c along ``axis``) on codes ``q``, requantized to ``out_scale``/``out_zp``,
+    clamped to ``[qmin, qmax]`` (a fused ReLU's bounds), all in integers; see ``scale_shift_parts``."""
+    q = np.asarray(q)
+    sign, bias, unit, bound = scale_shift_parts(in_scale, in_zp, scale, shift, q.dtype, axis, q.ndim)
+    acc = _centered(q, in_zp) * sign + bias
+    mult, sh = quantize_multiplier(unit / float(out_scale), bits=multiplier_bits_for(bound))
+    return requantize(acc, mult, sh, out_zp, qmin, qmax, axis=axis)

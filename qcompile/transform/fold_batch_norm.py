@@ -15,7 +15,10 @@ The chain after the anchor is any run of
 each step being the only user of the previous one. It is an affine map per channel, ``s*y + t``:
 the weight's output channel ``o`` is multiplied by ``s[o]`` (grouped and depthwise convs alike:
 OIHW's O is the output channel) and ``t`` becomes one ``add`` after the conv (a matmul's weight
-``[K, N]`` is scaled per column). A chain that is already one bias add is left as it is. Scalar
+``[K, N]`` is scaled per column). A chain that is already one bias add is left as it is. A
+batch_norm with no conv/matmul to fold into (DenseNet's pre-activation ``concat -> BN -> ReLU ->
+conv``, or a conv whose output is read elsewhere too) becomes ``x * s + t`` with its chain: one
+per-channel multiply and add, which quantize/rules/channel_affine.py runs on integers. Scalar
 constants are not folded: ``add(y, 3)`` may open a HardSwish/HardSigmoid, which the quantizer reads
 as one activation.
 
@@ -37,11 +40,13 @@ _AFFINE = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide"}
 
 
 class _Fold:
-    """One anchor (conv2d/matmul) with the chain it absorbs: new weight, bias, the chain's last var."""
+    """One anchor (conv2d/matmul; None: a batch_norm chain on `input`) with the chain it absorbs: the new
+    weight (or the scale), the bias, the chain's last var, the vars the fold makes dead."""
 
-    def __init__(self, anchor, weight: np.ndarray, bias: np.ndarray, bias_shape, end_var, steps: int, dead: set):
+    def __init__(self, anchor, weight: np.ndarray, bias: np.ndarray, bias_shape, end_var, steps: int, dead: set,
+                 input=None):
         self.anchor, self.weight, self.bias, self.bias_shape = anchor, weight, bias, bias_shape
-        self.end_var, self.steps, self.dead = end_var, steps, dead
+        self.end_var, self.steps, self.dead, self.input = end_var, steps, dead, input
 
 
 def plan_folds(func) -> tuple[dict, set]:
@@ -49,7 +54,9 @@ def plan_folds(func) -> tuple[dict, set]:
     users, user_of = use_counts(func)
     folds, dead = {}, set()
     for b in (b for blk in func.body.blocks for b in blk.bindings):
-        fold = _chain(b, users, user_of)
+        if b.var in dead:
+            continue
+        fold = _anchored_chain(b, users, user_of) or _batch_norm_chain(b, users, user_of)
         if fold is not None:
             folds[fold.end_var] = fold
             dead.update(fold.dead)
@@ -63,10 +70,9 @@ def _anchor(call):
     weight = call.args[1].value.numpy()
     if weight.dtype != np.float32 or not isinstance(call.ty, relax.TensorType) or call.ty.dtype != "float32":
         return None
-    shape = getattr(call.ty.shape, "values", None)
-    if shape is None:
+    ndim = _ndim(call)
+    if ndim is None:
         return None
-    ndim = len(shape)
     if call.op.name == "relax.nn.conv2d":
         a = call.attrs
         if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW") or weight.ndim != 4:
@@ -77,39 +83,76 @@ def _anchor(call):
     return weight, weight.shape[1], ndim - 1, ndim
 
 
-def _chain(binding, users, user_of):
-    found = _anchor(binding.value) if isinstance(binding.value, relax.Call) else None
+def _ndim(e):
+    shape = getattr(getattr(e, "ty", None), "shape", None)
+    values = getattr(shape, "values", None)
+    return len(values) if values is not None else None
+
+
+def _anchored_chain(binding, users, user_of):
+    found = _anchor(binding.value)
     if found is None:
         return None
     weight, channels, axis, ndim = found
+    walk = _walk(binding.var, None, users, user_of, channels, axis, ndim)
+    if walk is None:
+        return None
+    scale, shift, end, inner, steps = walk
+    if binding.value.op.name == "relax.nn.conv2d":
+        new_w = weight.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
+    else:
+        new_w = weight.astype(np.float64) * scale.reshape(1, -1)
+    return _Fold(binding.value, new_w.astype(np.float32), shift, _bias_shape(channels, axis, ndim), end, steps,
+                 inner)
+
+
+def _batch_norm_chain(binding, users, user_of):
+    """A batch_norm with nothing to fold into (DenseNet's concat -> BN -> ReLU -> conv): its chain as one
+    per-channel multiply and add, which the quantizer's channel affine rule takes."""
+    value = binding.value
+    if not is_op(value, "relax.nn.batch_norm") or _ndim(value.args[0]) is None:
+        return None
+    ndim, channels = _ndim(value.args[0]), int(value.args[1].ty.shape.values[0])
+    walk = _walk(value.args[0], binding, users, user_of, channels, int(value.attrs.axis) % ndim, ndim)
+    if walk is None:
+        return None
+    scale, shift, end, inner, steps = walk
+    bias_shape = _bias_shape(channels, int(value.attrs.axis) % ndim, ndim)
+    return _Fold(None, scale.reshape(bias_shape).astype(np.float32), shift, bias_shape, end, steps, inner,
+                 input=value.args[0])
+
+
+def _bias_shape(channels, axis, ndim):
+    shape = [1] * ndim
+    shape[axis] = channels
+    return shape
+
+
+def _walk(cur, first, users, user_of, channels, axis, ndim):
+    """Follow the affine chain from `cur` (through `first`, a batch_norm reading it, if given):
+    (scale, shift, end var, vars made dead, step count), or None if there is nothing to fold."""
     scale, shift = np.ones(channels), np.zeros(channels)
-    cur, inner, kinds = binding.var, [], []
-    while users[cur] == 1 and cur in user_of:
-        nxt = user_of[cur]
-        step = _affine_step(nxt.value, cur, channels, axis, ndim)
+    inner, kinds = set(), []
+    while first is not None or (users[cur] == 1 and cur in user_of):
+        nxt = first if first is not None else user_of[cur]
+        step = _affine_step(nxt.value, cur, channels, axis, ndim) if first is None else None
         if step is None:
             step = _batch_norm_step(nxt, users, user_of, channels, axis, ndim)
             if step is None:
                 break
-            inner.append(nxt.var)  # the batch_norm tuple; nxt becomes its [0]
+            inner.add(nxt.var)  # the batch_norm tuple; nxt becomes its [0]
             (s, t), nxt = step, user_of[nxt.var]
             kinds.append("batch_norm")
         else:
             s, t = step
             kinds.append(nxt.value.op.name)
         scale, shift = scale * s, shift * s + t
-        inner.append(cur)
-        cur = nxt.var
+        if first is None:
+            inner.add(cur)
+        first, cur = None, nxt.var
     if not kinds or kinds == ["relax.add"]:
         return None
-    if binding.value.op.name == "relax.nn.conv2d":
-        new_w = weight.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
-    else:
-        new_w = weight.astype(np.float64) * scale.reshape(1, -1)
-    bias_shape = [1] * ndim
-    bias_shape[axis] = channels
-    return _Fold(binding.value, new_w.astype(np.float32), shift.astype(np.float32), bias_shape, cur, len(kinds),
-                 set(inner))
+    return scale, shift.astype(np.float32), cur, inner, len(kinds)
 
 
 def _affine_step(value, cur, channels, axis, ndim):
@@ -189,8 +232,12 @@ class _Folder(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         call = fold.anchor
-        anchor = self.builder_.emit(relax.Call(call.op, [self.visit_expr(call.args[0]), relax.const(fold.weight)],
-                                               call.attrs, call.ty_args), name_hint="folded")
+        if call is None:  # a batch_norm chain on its own: x * scale
+            anchor = self.builder_.emit(relax.op.multiply(self.visit_expr(fold.input), relax.const(fold.weight)),
+                                        name_hint="scaled")
+        else:
+            anchor = self.builder_.emit(relax.Call(call.op, [self.visit_expr(call.args[0]), relax.const(fold.weight)],
+                                                   call.attrs, call.ty_args), name_hint="folded")
         value = relax.op.add(anchor, relax.const(fold.bias.reshape(fold.bias_shape)))
         self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(value)))
         self.count += 1

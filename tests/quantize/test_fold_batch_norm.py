@@ -166,3 +166,41 @@ def test_light_resnet50_int8_keeps_no_float_op_between_integer_layers():
     row = summarize(*realized_ops(zoo.light_model("resnet50"), preprocess_passes(), samples=1))
     assert row["float_by_op"] == {"relax.dequantize": 1, "relax.reshape": 1, "relax.nn.softmax": 1}, row
     assert row["quantize"] == 1 and row["integer_layers"] == 74
+
+
+@pytest.mark.parametrize("act, relu", [("uint8", True), ("int8", False), ("int16", True)])
+def test_batch_norm_without_conv_is_an_integer_scale_shift_bit_exact(act, relu):
+    """DenseNet's pre-activation: Concat -> BatchNormalization (-> Mul/Add) -> Relu, with no conv before the BN
+    to fold into, becomes x * s + t, one integer layer (rules/scale_shift.py), bit-exact against
+    reference.scale_shift; negative and positive scales alike."""
+    from qcompile.quantize import reference
+    from qcompile.quantize.realize import clamp_bounds
+
+    from .test_realize import qparams_of
+
+    signs = np.array([1, -1] * (C // 2)).reshape(C, 1, 1)
+    inits = {**bn_params("bn", C), "s": RNG.uniform(0.5, 2.0, (C, 1, 1)) * signs,
+             "t": RNG.standard_normal((C, 1, 1)) * 0.1}
+    nodes = [helper.make_node("Concat", ["x", "x"], ["c"], axis=1), bn_node("c", "b", "bn"),
+             helper.make_node("Mul", ["b", "s"], ["bs"]), helper.make_node("Add", ["bs", "t"], ["bt"]),
+             helper.make_node("Relu" if relu else "Identity", ["bt"], ["y"])]
+    model = onnx_model(nodes, inits, (1, C // 2, 5, 5))
+    qkw = {"precision": "int16"} if act == "int16" else {"activation_dtype": act}
+    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, **qkw), progress=False)
+    art = pipe.run(model, calib={"x": RNG.standard_normal((8, C // 2, 5, 5)).astype(np.float32)})
+    state = pipe.state
+    layer = state.quant_info["plan"].layers[-1]
+    assert layer.name == "scale_shift_0" and layer.name in state.quant_info["realized"]
+    s = inits["bn_g"] / np.sqrt(inits["bn_v"] + 1e-3) * inits["s"].reshape(-1)
+    t = (inits["bn_b"] - inits["bn_m"] * inits["bn_g"] / np.sqrt(inits["bn_v"] + 1e-3)) * inits["s"].reshape(-1) \
+        + inits["t"].reshape(-1)
+    np.testing.assert_allclose(layer.weight, s, rtol=1e-6)
+    np.testing.assert_allclose(layer.bias, t, rtol=1e-5, atol=1e-6)
+    x = RNG.standard_normal((1, C // 2, 5, 5)).astype(np.float32)
+    sx, zx = qparams_of(state, layer.inputs[0])
+    so, zo = qparams_of(state, layer.out)
+    q = reference.quantize(np.concatenate([x, x], axis=1), sx, zx, act)
+    lo, hi = clamp_bounds(so, zo, act, (0.0, None) if relu else None)
+    expected = reference.scale_shift(q, sx, zx, layer.weight, layer.bias, so, zo, lo, hi)
+    np.testing.assert_array_equal(out_codes(art.run({"x": x})["y"], so, zo), expected)
+    np.testing.assert_allclose(art.run({"x": x})["y"], ort_run(model, x), atol=8 * so)
