@@ -24,9 +24,9 @@ RNG = np.random.default_rng(7)
 C = 6
 
 
-def onnx_model(nodes, inits: dict, x_shape, opset=14):
+def onnx_model(nodes, inits: dict, x_shape, opset=14, outputs=("y",)):
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
                               [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 

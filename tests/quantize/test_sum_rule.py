@@ -19,11 +19,14 @@ RNG = np.random.default_rng(11)
 
 
 def sum_model(relu: bool):
-    """Sum(relu(x), 2x, -x) (+ Relu): three inputs the float model computes exactly."""
+    """y = Sum(relu(x), 2x, -x) (+ Relu): three inputs the float model computes exactly; a 1x1 conv reads y
+    (an add whose output only leaves for float is not worth integers), and y is an output too."""
     nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Mul", ["x", "two"], ["b"]),
-             helper.make_node("Neg", ["x"], ["c"]), helper.make_node("Sum", ["a", "b", "c"], ["s"])]
-    nodes.append(helper.make_node("Relu" if relu else "Identity", ["s"], ["y"]))
-    return onnx_model(nodes, {"two": np.float32(2.0)}, (1, 3, 4, 4))
+             helper.make_node("Neg", ["x"], ["c"]), helper.make_node("Sum", ["a", "b", "c"], ["s"]),
+             helper.make_node("Relu" if relu else "Identity", ["s"], ["y"]),
+             helper.make_node("Conv", ["y", "w"], ["z"])]
+    return onnx_model(nodes, {"two": np.float32(2.0), "w": RNG.standard_normal((2, 3, 1, 1))}, (1, 3, 4, 4),
+                      outputs=("y", "z"))
 
 
 def test_sum_becomes_binary_adds():
