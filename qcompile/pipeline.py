@@ -106,9 +106,10 @@ def stage_annotate(state: CompileState):
     state.quant_info["qconfig"] = qconfig
     if qconfig.is_float:
         return
+    state.quant_info["source_names"] = _source_names(state.model)
     state.quant_info["plan"] = annotate.annotate(state.mod, qconfig, state.target,
                                                  state.quant_info.get("precision_overrides"),
-                                                 _source_names(state.model))
+                                                 state.quant_info["source_names"])
 
 
 def _source_names(model) -> dict:

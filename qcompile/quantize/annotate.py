@@ -75,6 +75,7 @@ class QuantPlan:
     observe: list              # vars (float tensors) calibration must observe
     func: object
     mod: object = None         # the module main belongs to (its other functions are kept)
+    kept_float: dict = field(default_factory=dict)  # layer name -> why annotate left it in fp32
 
     def with_main(self, func):
         """A copy of the module with `func` as main (helper functions main calls stay)."""
@@ -120,8 +121,12 @@ def annotate(mod, qconfig, target=None, precision_overrides: dict | None = None,
         layer.precision = _precision(layer, qconfig, precision_overrides or {})
         taken.update(x.var for x in layer.bindings)
         layers.append(layer)
+    kept = {}
+    if getattr(qconfig, "float_outputs", False) and getattr(target, "accelerator", None) is None:
+        kept = _float_sinks(layers)
+        _float_outputs(layers)
     observe = _observed(layers, graph)
-    return QuantPlan(layers=layers, observe=observe, func=func, mod=mod)
+    return QuantPlan(layers=layers, observe=observe, func=func, mod=mod, kept_float=kept)
 
 
 def _is_call(e) -> bool:
@@ -144,13 +149,62 @@ def _precision(layer, qconfig, overrides: dict) -> str:
     return qconfig.precision
 
 
+def _float_sinks(layers) -> dict:
+    """Layers whose rule is only worth it inside an integer region (``Rule.needs_integer_reader``: an add,
+    a multiply) and whose output no integer layer reads, moved to fp32: in integer they would cost a
+    quantize of each float input and a dequantize of the output, and lose precision for nothing (a
+    transformer's residual add feeding LayerNorm). An exact layer (reshape, ReLU) reads in integer only
+    when its own output is read in integer. Returns {layer name: reason}."""
+    readers: dict = {}
+    for layer in layers:
+        for v in layer.inputs:
+            readers.setdefault(v, []).append(layer)
+    kept: dict = {}
+    changed = True
+    while changed:
+        changed = False
+        for layer in reversed(layers):
+            if layer.precision == "fp32" or not getattr(layer.rule, "needs_integer_reader", False):
+                continue
+            if not _read_in_integer(layer.out, readers, set()):
+                layer.precision = "fp32"
+                kept[layer.name] = "no integer layer reads its output"
+                changed = True
+    return kept
+
+
+def _float_outputs(layers):
+    """Mark the layers whose rule can write float and whose output no integer layer reads."""
+    readers: dict = {}
+    for layer in layers:
+        for v in layer.inputs:
+            readers.setdefault(v, []).append(layer)
+    for layer in layers:
+        if layer.precision != "fp32" and getattr(layer.rule, "float_output", False) \
+                and not _read_in_integer(layer.out, readers, set()):
+            layer.attrs["float_out"] = True
+
+
+def _read_in_integer(var, readers: dict, seen: set) -> bool:
+    for user in readers.get(var, []):
+        if user.precision == "fp32" or user in seen:
+            continue
+        if getattr(user.rule, "kind", "compute") != "exact":
+            return True
+        seen.add(user)
+        if _read_in_integer(user.out, readers, seen):
+            return True
+    return False
+
+
 def _observed(layers, graph) -> list:
     """Every activation input and output of a quantized layer, once, in graph order."""
     seen, out = set(), []
     for layer in layers:
         if layer.precision == "fp32":
             continue
-        for v in list(layer.inputs) + [layer.out]:
+        outs = [] if layer.attrs.get("float_out") else [layer.out]
+        for v in list(layer.inputs) + outs:
             if graph.is_tensor_var(v) and v not in seen:
                 seen.add(v)
                 out.append(v)

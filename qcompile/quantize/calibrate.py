@@ -20,7 +20,7 @@ import numpy as np
 from ..build import host_vm
 from ..errors import CalibrationError
 from .annotate import QuantPlan
-from . import range_search, safety_net
+from . import range_search, safety_net, smooth
 from .observers import make_observer
 from .realize import Realizer
 
@@ -95,29 +95,50 @@ def calibration_module(plan, tensors=None):
     return plan.with_main(func), tensors
 
 
-def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: dict, progress=True):
-    """Feed every observed tensor of every calibration batch to its observer.
-
-    Returns ({var: (lo, hi)} by the method, {var: (min, max)} unclipped, {var: observer}); int16 tensors
-    use the unclipped range, since 16 bits resolve the full range and clipping would only add error."""
+def _batches(vm, model_inputs, data: dict, n: int, desc: str, progress: bool):
+    """The calibration module's outputs, one batch of samples at a time (with a progress bar)."""
     import tvm
 
-    if not plan.observe:
-        return {}, {}, {}
-    mod, tensors = calibration_module(plan)
-    vm = host_vm(mod)
-    observers = [make_observer(method, name=v.name, **params) for v in tensors]
     batch = model_inputs[0].shape[0]
     steps = range(0, n, batch)
     if progress:
         from tqdm import tqdm
 
-        steps = tqdm(steps, desc=f"calibrate ({method})", unit="batch", leave=False, total=n // batch)
+        steps = tqdm(steps, desc=desc, unit="batch", leave=False, total=n // batch)
     for start in steps:
         args = [tvm.runtime.tensor(np.ascontiguousarray(data[s.name][start:start + batch])) for s in model_inputs]
-        outs = vm["main"](*args)
+        yield vm["main"](*args)
+
+
+def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: dict, progress=True, smoother=None):
+    """Feed every observed tensor of every calibration batch to its observer.
+
+    smoother -- a smooth.Smoother: first fed up to smooth.STAT_SAMPLES samples to choose its factors,
+    then the observer of each smoothed activation ``x / s`` sees ``x * (1/s)`` of every batch.
+
+    Returns ({var: (lo, hi)} by the method, {var: (min, max)} unclipped, {var: observer}); int16 tensors
+    use the unclipped range, since 16 bits resolve the full range and clipping would only add error."""
+    if not plan.observe:
+        return {}, {}, {}
+    mod, tensors = calibration_module(plan)
+    vm = host_vm(mod)
+    taps = []
+    if smoother:
+        batch = model_inputs[0].shape[0]
+        m = max(batch, min(n, smooth.STAT_SAMPLES) // batch * batch)
+        for outs in _batches(vm, model_inputs, data, m, "calibrate (smoothing statistics)", progress):
+            smoother.observe(tensors, outs)
+        smoother.choose()
+        taps = smoother.tap(tensors)
+    observers = [make_observer(method, name=v.name, **params) for v in tensors]
+    tap_observers = [make_observer(method, name=xs.name, **params) for _, xs, _ in taps]
+    for outs in _batches(vm, model_inputs, data, n, f"calibrate ({method})", progress):
         for obs, out in zip(observers, outs):
             obs.update(out.numpy())
+        for obs, (i, _, inv) in zip(tap_observers, taps):
+            obs.update(outs[i].numpy() * inv)
+    tensors = tensors + [xs for _, xs, _ in taps]
+    observers = observers + tap_observers
     ranges = {v: tuple(obs.compute_range()) for v, obs in zip(tensors, observers)}
     full = {v: (min(float(getattr(obs, "min_val", lo)), 0.0), max(float(getattr(obs, "max_val", hi)), 0.0))
             for v, obs, (lo, hi) in zip(tensors, observers, ranges.values())}
@@ -151,8 +172,14 @@ def calibrate(state) -> dict:
     if qconfig.calib_method in ("percentile", "entropy", "mse", "auto"):
         params.setdefault("dtype", qconfig.activation_dtype)
         params.setdefault("symmetric", bool(qconfig.symmetric_activations))
+    smoother = smooth.Smoother(plan, qconfig) if smooth.applies(qconfig, state) else None
     ranges, full, observers = run_observers(plan, state.model.inputs, data, n, qconfig.calib_method, params,
-                                            progress=state.progress)
+                                            progress=state.progress, smoother=smoother)
+    if smoother:
+        state.quant_info["smoothing"] = smoother.report
+        if smoother.smoothed:
+            plan = _smoothed_plan(state, smoother)
+            state.notes.append(smoother.note())
     if qconfig.calib_method == "auto":
         ranges, choice = range_search.search(plan, qconfig, observers, state.model.inputs, data, n,
                                              progress=state.progress)
@@ -162,3 +189,15 @@ def calibrate(state) -> dict:
     state.quant_info["num_calib_samples"] = n
     state.quant_info["full_ranges"] = full
     return ranges
+
+
+def _smoothed_plan(state, smoother) -> QuantPlan:
+    """Rewrite state.mod with the smoother's factors and plan it again (every other tensor keeps its Var,
+    so its range stays valid; the smoothed activations were calibrated in the same pass)."""
+    from .annotate import annotate
+
+    state.mod = smoother.rewrite(state.mod)
+    info = state.quant_info
+    info["plan"] = annotate(state.mod, info["qconfig"], state.target, info.get("precision_overrides"),
+                            info.get("source_names"))
+    return info["plan"]

@@ -43,7 +43,7 @@ def export_qdq(state, path: str):
         dtype = realized.get(layer.name)
         if dtype not in _ONNX_DTYPE:
             continue
-        for var in list(layer.inputs) + [layer.out]:
+        for var in list(layer.inputs) + ([] if layer.attrs.get("float_out") else [layer.out]):
             onnx_name = names.get(var.name)
             if onnx_name is None or onnx_name in done or onnx_name in outputs:
                 continue

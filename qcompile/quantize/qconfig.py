@@ -22,6 +22,9 @@ Example qconfig.yaml::
     float_dtype: float32       # compute of layers left in float: float32 | float16 | bfloat16
     power_of_two_scales: null  # scales rounded up to 2^k (shift-only requantize); default: the target's
     safety_net: true           # int8: check held-back samples vs fp32; move <= 10% of conv/matmul to int16 if needed
+    float_outputs: true        # integer regions end in float: a conv/matmul only float ops read writes
+                               # float(acc) * scale, an add/multiply/table only float ops read stays fp32
+    smoothing: true            # int8: SmoothQuant for dense layers whose input has outlier channels (alpha measured)
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class QConfig:
     float_dtype: str = "float32"
     power_of_two_scales: bool | None = None
     safety_net: bool = True    # int8: check on held-back samples, move a few sensitive layers if needed
+    float_outputs: bool = True  # integer regions end in float (no requantize + dequantize at their exits)
+    smoothing: bool = True     # int8: move dense layers' activation outlier channels into their weights
     source: str = ""
 
     def __post_init__(self):

@@ -56,7 +56,7 @@ class Realizer:
         self.float_map: dict = {}
         self.int_map: dict = {}
         self.realized: dict = {}
-        self.kept_float: dict = {}  # layer name -> why its rule kept it in fp32 after calibration
+        self.kept_float: dict = dict(getattr(plan, "kept_float", {}))  # layer name -> why it stayed in fp32
         self.sim_dtype: dict = {}   # simulate mode: var -> the code dtype whose grid it was fake-quantized on
         self._by_anchor = {layer.anchor: layer for layer in plan.layers}
         self._absorbed = {b.var for layer in plan.layers for b in layer.bindings[1:]}
@@ -93,9 +93,9 @@ class Realizer:
                 self.int_map[layer.out] = q
                 self.realized[layer.name] = q.dtype
                 return
-            if q is not None:  # an integer kernel with a float result (dynamic quantization)
+            if q is not None:  # an integer kernel with a float result (dynamic quantization, float_out)
                 self.float_map[layer.out] = q
-                self.realized[layer.name] = "dynamic-int8"
+                self.realized[layer.name] = "dynamic-int8" if self.qconfig.is_dynamic else self.act_dtype(layer)
                 return
         for b in (layer.bindings if layer is not None else [binding]):
             self.float_map[b.var] = self.bb.emit(self._remap(b.value), name_hint=b.var.name)
@@ -130,8 +130,9 @@ class Realizer:
             if i == 0 and layer.weight is not None:
                 value = self._with_fake_weight(layer, value)
             self.float_map[b.var] = self.bb.emit(self._remap(value), name_hint=b.var.name)
-        self.float_map[layer.out] = self._fake_quant(self.float_map[layer.out], layer.out, dtype)
-        self.sim_dtype[layer.out] = dtype
+        if not layer.attrs.get("float_out"):
+            self.float_map[layer.out] = self._fake_quant(self.float_map[layer.out], layer.out, dtype)
+            self.sim_dtype[layer.out] = dtype
         self.realized[layer.name] = f"sim-{dtype}"
 
     def _fake_quant(self, expr, var, dtype):
@@ -266,6 +267,25 @@ class Realizer:
         x = self.emit(relax.op.add(x, self.const(rounding, "int64")), "rounded")
         x = self.emit(relax.op.right_shift(x, self.const(shift, "int64")), "shifted")
         return self.clamp_cast(x, out_scale, out_zp, out_dtype, clip)
+
+    def dequantize_acc(self, acc, acc_scale, layer, axis: int, ndim: int):
+        """The float result of an integer layer that writes float (``float_out``): ``float32(acc) * scale``
+        with the scale of one accumulator unit (scalar or per channel along `axis`), then the fused
+        ReLU/clip in float: ``reference.dequantize(acc, scale, 0, axis)`` then the clip, bit for bit."""
+        from tvm import relax
+
+        scale = np.asarray(acc_scale, np.float32)
+        if scale.ndim and scale.size > 1:
+            shape = [1] * ndim
+            shape[axis] = scale.size
+            scale = scale.reshape(shape)
+        out_dtype = str(layer.out.ty.dtype)
+        y = self.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale, "float32")), "dequant_acc")
+        if layer.clip is not None:
+            lo, hi = layer.clip
+            y = self.emit(relax.op.clip(y, relax.prim_value(float(lo) if lo is not None else -3.4e38),
+                                        relax.prim_value(float(hi) if hi is not None else 3.4e38)), "act")
+        return y if out_dtype == "float32" else self.emit(relax.op.astype(y, out_dtype), "float_out")
 
     def clamp_cast(self, x, out_scale, out_zp, out_dtype, clip=None):
         """x + zp, clamped to the dtype range (tightened by a fused ReLU/clip), cast to out_dtype."""

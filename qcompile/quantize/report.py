@@ -54,7 +54,8 @@ def layer_errors(state, samples: dict, max_samples: int = 64, progress: bool = T
     layers = [layer for layer in plan.layers if layer.precision != "fp32"]
 
     def exposed(r):
-        shown = [layer for layer in layers if layer.out in r.int_map]
+        shown = [layer for layer in layers
+                 if layer.out in r.int_map or (layer.attrs.get("float_out") and layer.name in r.realized)]
         exposed.layers = shown
         return relax.Tuple([r.float_of(layer.out) for layer in shown])
 

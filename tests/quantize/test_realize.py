@@ -34,7 +34,7 @@ def relax_model(inputs, build):
 
 
 def compile_quantized(model, calib, **qkw):
-    pipe = qcompile.Pipeline(target="auto", qconfig=QConfig(**qkw))
+    pipe = qcompile.Pipeline(target="auto", qconfig=QConfig(**{"float_outputs": False, **qkw}))
     art = pipe.run(model, calib=calib)
     return art, pipe.state
 
@@ -184,8 +184,11 @@ def float_calls(mod):
 @pytest.mark.parametrize("act", ["int8", "uint8"])
 def test_digits_realized_has_no_float_arithmetic(act):
     mod, _ = realized_module(zoo.DIGITS_MODEL, activation_dtype=act)
-    # float only at the entry (dequantize of the output) -- quantize produces ints
-    assert float_calls(mod) == ["relax.dequantize"]
+    # float only at the exit: the last dense layer writes float(acc) * scale (float_outputs);
+    # quantize produces ints
+    assert float_calls(mod) == ["relax.astype", "relax.multiply"]
+    mod, _ = realized_module(zoo.DIGITS_MODEL, activation_dtype=act, float_outputs=False)
+    assert float_calls(mod) == ["relax.dequantize"]  # without: requantized codes, then dequantize
     ops = []
     relax.analysis.post_order_visit(mod["main"], lambda e: ops.append(e.op.name) if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) else None)
     assert ops.count("relax.quantize") == 1 and ops.count("relax.nn.conv2d") == 4 and ops.count("relax.matmul") == 1

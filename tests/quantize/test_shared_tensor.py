@@ -42,7 +42,9 @@ def _ffn_model():
 
 def test_budget_moves_both_sides_of_a_shared_tensor():
     model, calib, held = _ffn_model()
-    qc = QConfig(calib_method="minmax", budget={"metric": "cosine", "min": 0.99})
+    # float_outputs off: else add_0 (read only by float ops) stays fp32 and matmul_1 writes float, so
+    # the tensor is quantized on neither side and int8 meets the budget as is
+    qc = QConfig(calib_method="minmax", budget={"metric": "cosine", "min": 0.99}, float_outputs=False)
     pipe = qcompile.Pipeline(qconfig=qc, progress=False)
     art = pipe.run(model, calib=calib, evaluation={"inputs": held})
     report = pipe.state.quant_info["mixed"]
@@ -82,3 +84,26 @@ def test_simulate_keeps_int16_codes_through_exact_layers():
     assert int16_error > 0
     # the simulation predicts the integer model to well within the int16 model's own error
     assert np.abs(out["simulate"] - out["integer"]).max() <= int16_error
+
+
+def test_float_outputs_end_the_region_in_float():
+    """The default (float_outputs): add_0 and add_1, read only by float ops, stay fp32 and say why;
+    matmul_1 writes float(acc) * scale; int8 then keeps the output far better than with requantized
+    codes at the region's exits."""
+    model, calib, held = _ffn_model()
+    fp32 = qcompile.compile(model)
+    ref = np.concatenate([fp32.run({"x": held["x"][i:i + 1]})["y"] for i in range(8)])
+
+    def cos(**qkw):
+        pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, **qkw), progress=False)
+        art = pipe.run(model, calib=calib)
+        got = np.concatenate([art.run({"x": held["x"][i:i + 1]})["y"] for i in range(8)])
+        a, b = got.reshape(-1).astype(np.float64), ref.reshape(-1).astype(np.float64)
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)), pipe.state
+
+    with_codes, _ = cos(float_outputs=False)
+    with_float, state = cos()
+    kept = state.quant_info["summary"]["kept_fp32_by_rule"]
+    assert kept == {"add_0": "no integer layer reads its output", "add_1": "no integer layer reads its output"}
+    assert state.quant_info["summary"]["layers"]["matmul_1"] == "int8"
+    assert 1 - with_float < (1 - with_codes) / 5, (with_float, with_codes)

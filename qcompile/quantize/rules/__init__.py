@@ -81,9 +81,19 @@ class _FirstMatch:
 
 class Rule:
     """Base class. ``kind`` is "compute" (needs scales, requantizes) or "exact"
-    (runs on the integer codes unchanged, e.g. max-pool, reshape)."""
+    (runs on the integer codes unchanged, e.g. max-pool, reshape).
+
+    ``needs_integer_reader``: the layer is worth running in integer only inside an integer region (an
+    add or multiply gains nothing when its output goes straight back to float).
+
+    ``float_output``: when no integer layer reads its output, the layer writes ``float(acc) * scale``
+    instead of requantized codes (``Layer.attrs["float_out"]``, set by annotate): no output range to
+    calibrate, no requantize + dequantize, and no output rounding (a transformer's FFN output, a
+    detection head before its sigmoid)."""
 
     kind = "compute"
+    needs_integer_reader = False  # True: left in fp32 when no integer layer reads its output (annotate)
+    float_output = False          # True: may write its accumulator as float when no integer layer reads it
 
     def match(self, binding, graph):
         return Layer.single(binding, self, graph)

@@ -21,6 +21,8 @@ from ._fuse import absorb_activation, absorb_bias
 
 @register("relax.nn.conv2d")
 class Conv2dRule(Rule):
+    float_output = True
+
     def match(self, binding, graph):
         call = binding.value
         weight = graph.const(call.args[1])
@@ -54,6 +56,8 @@ class Conv2dRule(Rule):
         acc_scale = x.scale * w_scale.astype(np.float64)
         bias_q = fold_bias(layer.bias, acc_scale, x.zp, w_q.reshape(w_q.shape[0], -1).sum(axis=1))
         acc = rz.emit(relax.op.add(acc, rz.const(bias_q.reshape(1, -1, 1, 1), acc_dtype)), "biased")
+        if layer.attrs.get("float_out"):
+            return rz.dequantize_acc(acc, acc_scale, layer, axis=1, ndim=4)
 
         k = int(np.prod(w_q.shape[1:]))
         out_scale, out_zp = rz.qparams(layer.out, a_dtype)

@@ -5,7 +5,9 @@ centred, shifted left by L bits of headroom, rescaled to a common scale
 2*max(s_a, s_b), summed, and requantized to the output. multiply is
 (a_q - a_zp) * (b_q - b_zp) requantized with s_a * s_b / s_out.
 A following ReLU/clip is absorbed as the clamp. An add of a constant that no
-conv/matmul absorbed as a bias stays in fp32.
+conv/matmul absorbed as a bias stays in fp32, and so does an add or multiply whose
+output no integer layer reads (annotate: a transformer's residual add feeding
+LayerNorm would only lose precision in int8).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from ._fuse import absorb_activation
 
 
 class _BinaryRule(Rule):
+    needs_integer_reader = True
+
     def match(self, binding, graph):
         a, b = binding.value.args
         if not (graph.is_tensor_var(a) and graph.is_tensor_var(b)):

@@ -58,6 +58,7 @@ def evaluate(steps, x: np.ndarray) -> np.ndarray:
 
 @register_pattern(*_STARTS)
 class LookupRule(Rule):
+    needs_integer_reader = True  # a table / scale-shift read back in float gains nothing
     def match(self, binding, graph):
         x = _single_input(binding.value, graph)
         if x is None:

@@ -20,6 +20,8 @@ from ._fuse import absorb_activation, absorb_bias
 
 @register("relax.matmul")
 class MatmulRule(Rule):
+    float_output = True
+
     def match(self, binding, graph):
         call = binding.value
         a, b = call.args
@@ -78,6 +80,8 @@ class MatmulRule(Rule):
         bias_q = fold_bias(layer.bias, acc_scale, x.zp, w_q.sum(axis=0))
         ndim = len(layer.out.ty.shape)
         acc = rz.emit(relax.op.add(acc, rz.const(bias_q, acc_dtype)), "biased")
+        if layer.attrs.get("float_out"):
+            return rz.dequantize_acc(acc, acc_scale, layer, axis=ndim - 1, ndim=ndim)
         out_scale, out_zp = rz.qparams(layer.out, a_dtype)
         bound = fixed_point.acc_bound(w_q.shape[0], a_dtype, w_dtype, x.zp, 0) + int(np.abs(bias_q).max(initial=0))
         out = rz.requantize(acc, acc_scale, out_scale, out_zp, a_dtype, axis=ndim - 1, clip=layer.clip,
@@ -94,6 +98,9 @@ class MatmulRule(Rule):
         ca = rz.emit(relax.op.subtract(relax.op.astype(qa.expr, wide), rz.const(qa.zp, wide)), "a_centered")
         cb = rz.emit(relax.op.subtract(relax.op.astype(qb.expr, wide), rz.const(qb.zp, wide)), "b_centered")
         acc = rz.emit(relax.op.matmul(ca, cb, out_dtype=acc_dtype), "bmm")
+        if layer.attrs.get("float_out"):
+            return rz.dequantize_acc(acc, qa.scale * qb.scale, layer, axis=len(layer.out.ty.shape) - 1,
+                                     ndim=len(layer.out.ty.shape))
         k = int(layer.inputs[0].ty.shape[-1])
         out_scale, out_zp = rz.qparams(layer.out, a_dtype)
         ndim = len(layer.out.ty.shape)

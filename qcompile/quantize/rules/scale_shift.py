@@ -19,6 +19,7 @@ from ._fuse import _is_op, absorb_activation
 
 @register_pattern("relax.multiply")
 class ScaleShiftRule(Rule):
+    needs_integer_reader = True  # a table / scale-shift read back in float gains nothing
     def match(self, binding, graph):
         x, scale = _channel_operand(binding.value, graph)
         if x is None:

@@ -1,0 +1,238 @@
+"""Smoothing (SmoothQuant): move activation outliers into the weights of the dense layers reading them.
+
+Transformer activations carry a few channels tens of times larger than the rest (LayerNorm outputs,
+the FFN's GELU output). One per-tensor activation scale must cover those channels, so every other
+channel keeps a handful of int8 steps. For an activation ``x`` read by dense layers ``y = x @ W`` and a
+factor ``s_k > 0`` per input channel ``k``,
+
+    y = (x / s) @ (s[:, None] * W)
+
+holds exactly in float, and ``s_k = max|x_k|^a / max|W_k|^(1-a)`` (Xiao et al., SmoothQuant, 2023)
+flattens the activation's channels at the cost of the weight's (whose scales are per output column,
+so they absorb it far better). NNCF's transformer mode does this.
+
+``a`` (alpha) is chosen per activation among ``ALPHAS``, ``0`` (no smoothing) included, by the error of
+the quantized product on calibration rows, computed in numpy: activation quantized per tensor (best of a
+few clipping ratios), weights per output column, as realize quantizes them. So an activation is smoothed
+only where that measurably helps, and a CNN's classifier head is left alone.
+
+The rewrite (``SmoothActivations``, a Relax function pass) inserts ``x_s = multiply(x, 1/s)`` next to ``x``
+and makes each smoothed dense layer read ``x_s`` with weight ``s[:, None] * W``. Every other binding
+keeps its Var, so calibrated ranges stay valid; ``x_s`` is calibrated in the same pass as the rest
+(``Smoother.tap``: its observer sees ``x * (1/s)``, computed from ``x``'s calibration output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .observers import choose_qparams
+from .reference import dequantize, quantize
+from .weights import quantize_weight
+
+ALPHAS = (0.0, 0.5, 0.75, 0.85, 0.95)
+CLIP_RATIOS = (1.0, 0.8, 0.6, 0.45, 0.3)   # activation range candidates of the error estimate (of min/max)
+STAT_SAMPLES = 64     # calibration samples the statistics (and the choice of alpha) come from
+MAX_ROWS = 4096        # calibration rows kept per activation for choosing alpha
+MIN_GAIN = 0.8         # smooth only when the error drops below this fraction of the unsmoothed error
+MIN_RATIO = 4.0        # ... and it has outlier channels: max over channels of median|x_k| / their median >= this
+
+
+def applies(qconfig, state) -> bool:
+    """Static int8 with smoothing on, on a model that is not pre-quantized."""
+    return (bool(getattr(qconfig, "smoothing", False)) and qconfig.precision == "int8" and not qconfig.is_dynamic
+            and not qconfig.is_float and not state.quant_info.get("fixed_qparams"))
+
+
+@dataclass(eq=False)
+class Group:
+    """One activation and the dense layers reading it."""
+
+    var: object                      # the activation (relax.Var)
+    layers: list                     # dense Layers (constant 2-D weight) reading it
+    absmax: np.ndarray | None = None  # per input channel, over calibration rows
+    rows: list = field(default_factory=list)
+    alpha: float = 0.0
+    factors: np.ndarray | None = None   # s (x_s = x / s); None: not smoothed
+    smoothed: object = None          # the relax.Var of x / s
+    errors: dict = field(default_factory=dict)
+
+    def weight(self) -> np.ndarray:
+        """The consumers' weights side by side: [K, sum N]."""
+        return np.concatenate([layer.weight for layer in self.layers], axis=1)
+
+
+def groups_of(plan) -> list[Group]:
+    """Activations read by int8 dense layers (matmul with a constant [K, N] weight)."""
+    found: dict = {}
+    for layer in plan.layers:
+        if layer.op != "relax.matmul" or layer.weight is None or layer.precision != "int8":
+            continue
+        x = layer.inputs[0]
+        found.setdefault(x, Group(var=x, layers=[])).layers.append(layer)
+    return list(found.values())
+
+
+class Smoother:
+    """Collects per-channel statistics of the grouped activations, picks alpha, rewrites main."""
+
+    def __init__(self, plan, qconfig):
+        self.qconfig = qconfig
+        self.groups = groups_of(plan)
+        self.report: dict = {}
+
+    def __bool__(self):
+        return bool(self.groups)
+
+    # -------------------------------------------------------------- statistics
+    def observe(self, tensors: list, outs) -> None:
+        """One calibration batch: `outs[i]` is the value of `tensors[i]`."""
+        for g in self.groups:
+            i = self._index(tensors, g.var)
+            if i is None:
+                continue
+            a = outs[i].numpy() if hasattr(outs[i], "numpy") else np.asarray(outs[i])
+            rows = a.reshape(-1, a.shape[-1]).astype(np.float32)
+            m = np.abs(rows).max(axis=0)
+            g.absmax = m if g.absmax is None else np.maximum(g.absmax, m)
+            if sum(len(r) for r in g.rows) < MAX_ROWS:
+                g.rows.append(rows[: MAX_ROWS - sum(len(r) for r in g.rows)])
+
+    @staticmethod
+    def _index(tensors, var):
+        for i, v in enumerate(tensors):
+            if v.same_as(var):
+                return i
+        return None
+
+    # -------------------------------------------------------------- choice
+    def choose(self) -> dict:
+        """Pick alpha per group (0: not smoothed). Returns {activation name: report row}."""
+        from tvm import relax
+
+        report = {}
+        for g in self.groups:
+            if g.absmax is None or not g.rows:
+                continue
+            x = np.concatenate(g.rows, axis=0)
+            w = g.weight()
+            # Systematic outlier channels (large on every row) are what smoothing fixes; rare spikes that
+            # land in random channels are not: their factors would not hold on unseen rows, and a spike
+            # in a channel the statistics saw as quiet would be amplified. So the test is on each channel's
+            # median |x|, which rare spikes do not move.
+            typical = np.median(np.abs(x), axis=0)
+            ratio = float(typical.max() / max(np.median(typical), 1e-12))
+            if ratio < MIN_RATIO:
+                report[g.var.name] = {"alpha": 0.0, "outlier_ratio": round(ratio, 2)}
+                continue
+            errors = {a: self._error(x, w, g.absmax, a) for a in ALPHAS}
+            best = min(errors, key=lambda a: (errors[a], a))
+            g.errors = errors
+            if best > 0 and errors[best] < MIN_GAIN * errors[0.0]:
+                g.alpha = best
+                g.factors = factors(g.absmax, w, best)
+                g.smoothed = relax.DataflowVar(g.var.name + "_smoothed", g.var.ty)
+            report[g.var.name] = {"alpha": g.alpha, "outlier_ratio": round(ratio, 2),
+                                  "error": {str(a): round(float(e), 6) for a, e in errors.items()}}
+        self.report = report
+        return report
+
+    def note(self) -> str:
+        done = self.smoothed
+        alphas = ", ".join(f"{g.var.name} (alpha {g.alpha}, {len(g.layers)} layer(s))" for g in done[:4])
+        more = f" and {len(done) - 4} more" if len(done) > 4 else ""
+        return (f"smoothing: {len(done)} of {len(self.groups)} dense-layer input(s) had their outlier channels "
+                f"moved into the weights: {alphas}{more}")
+
+    def _error(self, x, w, absmax, alpha) -> float:
+        """Relative error of the quantized product (x/s) @ (s W) against x @ W."""
+        s = factors(absmax, w, alpha) if alpha > 0 else np.ones(w.shape[0], np.float32)
+        xs, ws = (x / s).astype(np.float32), (w * s[:, None]).astype(np.float32)
+        ref = x @ w
+        w_scale, w_q = quantize_weight(ws, "int8", self.qconfig, axis=1)
+        wd = dequantize(w_q, w_scale, 0, axis=1)
+        dtype = self.qconfig.activation_dtype
+        lo, hi = float(xs.min()), float(xs.max())
+        best = np.inf
+        for r in CLIP_RATIOS:
+            scale, zp = choose_qparams(lo * r, hi * r, dtype, bool(self.qconfig.symmetric_activations))
+            xd = dequantize(quantize(xs, scale, zp, dtype), scale, zp)
+            best = min(best, float(((xd @ wd - ref) ** 2).sum()))
+        return best / max(float((ref ** 2).sum()), 1e-30)
+
+    @property
+    def smoothed(self) -> list[Group]:
+        return [g for g in self.groups if g.factors is not None]
+
+    # -------------------------------------------------------------- calibration of x / s
+    def tap(self, tensors: list) -> list[tuple[int, object, np.ndarray]]:
+        """[(index of x in tensors, x_s var, 1/s)] for feeding x_s's observer from x's output."""
+        return [(self._index(tensors, g.var), g.smoothed, (1.0 / g.factors).astype(np.float32))
+                for g in self.smoothed]
+
+    # -------------------------------------------------------------- rewrite
+    def rewrite(self, mod):
+        """mod with main smoothed (see SmoothActivations)."""
+        return SmoothActivations(self.smoothed)(mod)
+
+
+def factors(absmax: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:
+    """s_k = max|x_k|^alpha / max|W_k|^(1-alpha), 1 where a channel is all zero, kept within [1e-5, 1e5]."""
+    wmax = np.abs(w).max(axis=1)
+    s = np.power(np.maximum(absmax, 1e-8), alpha) / np.power(np.maximum(wmax, 1e-8), 1.0 - alpha)
+    s = np.where((absmax <= 0) | (wmax <= 0), 1.0, s)
+    return np.clip(s, 1e-5, 1e5).astype(np.float32)
+
+
+def SmoothActivations(groups):
+    """Relax function pass: for each group, ``x_s = multiply(x, 1/s)`` bound after ``x`` (first in the
+    block when ``x`` is a parameter), and its dense layers reading ``x_s`` with ``s[:, None] * W``."""
+    import tvm
+    from tvm import relax
+
+    by_var = {g.var: g for g in groups}
+    by_anchor = {layer.anchor: (g, layer) for g in groups for layer in g.layers}
+
+    @relax.expr_functor.mutator
+    class _Mutator(relax.PyExprMutator):
+        def visit_dataflow_block_(self, block):
+            self.builder_._begin_dataflow_block()
+            for g in groups:
+                if isinstance(g.var, relax.Var) and not any(b.var.same_as(g.var) for b in block.bindings):
+                    self._emit_smoothed(g)
+            for binding in block.bindings:
+                self.visit_binding(binding)
+            return self.builder_._end_block()
+
+        def visit_var_binding_(self, binding):
+            hit = by_anchor.get(binding.var)
+            if hit is None:
+                super().visit_var_binding_(binding)
+            else:
+                g, layer = hit
+                call = binding.value
+                weight = (layer.weight.astype(np.float64) * g.factors.astype(np.float64)[:, None]).astype(np.float32)
+                new = self.builder_.normalize(relax.Call(call.op, [g.smoothed, relax.const(weight)], call.attrs))
+                self.builder_.emit_normalized(relax.VarBinding(binding.var, new))
+            g = by_var.get(binding.var)
+            if g is not None:
+                self._emit_smoothed(g)
+
+        def _emit_smoothed(self, g):
+            inv = (1.0 / g.factors).astype(np.float32)
+            value = self.builder_.normalize(relax.op.multiply(g.var, relax.const(inv)))
+            self.builder_.emit_normalized(relax.VarBinding(g.smoothed, value))
+
+    @relax.transform.function_pass(opt_level=0, name="SmoothActivations")
+    class _Pass:
+        def transform_function(self, func, mod, ctx):
+            return _Mutator(mod).visit_expr(func)
+
+    def apply(mod):
+        out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+        out["main"] = _Pass()(tvm.IRModule({"main": mod["main"]}))["main"]
+        return out
+
+    return apply

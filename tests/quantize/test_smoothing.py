@@ -1,0 +1,98 @@
+"""Smoothing (SmoothQuant, quantize/smooth.py): a dense layer's input with systematic outlier channels
+gets them moved into the weights, with alpha chosen by measured error; rare spikes in random channels
+are not mistaken for outlier channels. Every smoothed model stays bit-identical in float arithmetic
+(x / s) @ (s W) == x @ W up to float rounding, which the fp32 check pins."""
+
+import numpy as np
+import pytest
+from tvm import relax
+
+import qcompile
+from qcompile.quantize.qconfig import QConfig
+from .test_realize import relax_model
+
+T, D, N = 16, 64, 48
+
+
+def outlier_model(seed=0):
+    """x (LayerNorm-like rows with a few channels 30-60x the rest, on every token) -> dense -> out."""
+    r = np.random.default_rng(seed)
+    w = (r.standard_normal((D, N)) * 0.2).astype(np.float32)
+
+    def build(bb, x):
+        return bb.emit(relax.op.add(relax.op.matmul(x, relax.const(w)), relax.const(np.zeros(N, np.float32))))
+
+    return relax_model([("x", (1, T, D))], build), w
+
+
+def outlier_data(n, seed, spikes=False):
+    r = np.random.default_rng(seed)
+    x = (r.standard_normal((n, T, D)) * 0.5).astype(np.float32)
+    if spikes:  # 0.2% of values, any channel: not systematic
+        hit = r.random(x.shape) < 0.002
+        x[hit] = r.choice([-25.0, 25.0], size=int(hit.sum()))
+    else:       # channels 3 and 40 carry large values on every token (transformer-style)
+        x[..., 3] = 20.0 + r.standard_normal((n, T)) * 5.0
+        x[..., 40] = -25.0 + r.standard_normal((n, T)) * 5.0
+    return {"x": x}
+
+
+def _cosine(a, b):
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def _compile_and_score(model, calib, ev, **qkw):
+    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, **qkw), progress=False)
+    art = pipe.run(model, calib=calib)
+    ref = qcompile.compile(model)
+    got = np.concatenate([art.run({"x": ev["x"][i:i + 1]})["y"] for i in range(len(ev["x"]))])
+    want = np.concatenate([ref.run({"x": ev["x"][i:i + 1]})["y"] for i in range(len(ev["x"]))])
+    # the error left, relative to the signal (1 - cosine hides small differences near 1)
+    err = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    return err, pipe.state
+
+
+def test_outlier_channels_are_smoothed_and_error_drops():
+    model, _ = outlier_model()
+    calib, ev = outlier_data(24, 1), outlier_data(6, 2)
+    plain, _ = _compile_and_score(model, calib, ev, smoothing=False)
+    smoothed, state = _compile_and_score(model, calib, ev)
+    report = state.quant_info["smoothing"]
+    (row,) = report.values()
+    assert row["alpha"] > 0 and row["outlier_ratio"] > 10, row
+    assert smoothed < plain / 3, (smoothed, plain)
+    assert any(n.startswith("smoothing: 1 of 1") for n in state.notes)
+    # the rewrite reads x / s: one multiply by a constant feeds the dense layer
+    plan = state.quant_info["plan"]
+    (layer,) = [l for l in plan.layers if l.op == "relax.matmul"]
+    assert layer.inputs[0].name.endswith("_smoothed")
+
+
+def test_rare_spikes_are_not_outlier_channels():
+    model, _ = outlier_model()
+    calib = outlier_data(24, 1, spikes=True)
+    _, state = _compile_and_score(model, calib, outlier_data(2, 2, spikes=True))
+    (row,) = state.quant_info["smoothing"].values()
+    assert row["alpha"] == 0.0 and row["outlier_ratio"] < 2, row
+
+
+def test_smoothing_keeps_the_float_function():
+    """The rewritten graph computes (x * (1/s)) @ (s W) = x @ W: the weight it plans is s W."""
+    from qcompile.quantize import smooth
+
+    model, w = outlier_model()
+    calib = outlier_data(8, 1)
+    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False), progress=False)
+    pipe.run(model, calib=calib)
+    plan = pipe.state.quant_info["plan"]
+    (layer,) = [l for l in plan.layers if l.op == "relax.matmul"]
+    s = 1.0 / next(v for v in _constants_feeding(plan.func, layer.inputs[0]))
+    np.testing.assert_allclose(layer.weight / s[:, None], w, rtol=1e-6)
+    assert smooth.ALPHAS[0] == 0.0  # "no smoothing" is always a candidate
+
+
+def _constants_feeding(func, var):
+    for b in func.body.blocks[0].bindings:
+        if b.var.same_as(var):
+            yield b.value.args[1].value.numpy().reshape(-1)
