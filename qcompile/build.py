@@ -25,6 +25,12 @@ def build_passes(target):
     return dataflow_lower_passes(target) + finalize_passes(target)
 
 
+# LLVM optimization level of helper modules. They run a few dozen samples once; at LLVM's default (3)
+# their machine code took most of a default int8 compile (PP-OCR cls: 3 helper builds, 65 s of JIT
+# codegen in VM setup alone, of 165 s).
+HELPER_OPT_LEVEL = 1
+
+
 def host_vm(mod):
     """A VirtualMachine on this CPU for a helper module (calibration, the error report, the
     sensitivity model), built like a compile for target 'auto': lowering, default schedules for
@@ -33,7 +39,7 @@ def host_vm(mod):
     from tvm import relax
 
     host = load_target("auto")
-    target = host.tvm()
+    target = tvm.target.Target({**dict(host.tvm_target), "opt-level": HELPER_OPT_LEVEL})
     with target, tvm.transform.PassContext(opt_level=3):
         for p in lower_passes(target):
             mod = p(mod)
