@@ -83,6 +83,18 @@ def test_the_net_moves_the_one_layer_and_passes(case):
     assert any(n.startswith("safety net:") and "moved 1 of 10" in n for n in art.metadata["notes"])
 
 
+def test_slow_runs_rank_on_fewer_samples(case, monkeypatch):
+    """When one run of the simulation is slow, the ranking (a run per conv/matmul) uses fewer held-back
+    samples (RANK_SECONDS); the move is still judged on all of them and finds the same layer."""
+    _, _, full = _run(case)
+    monkeypatch.setattr(safety_net, "RANK_SECONDS", 1e-6)
+    cos, art, state = _run(case)
+    report = state.quant_info["safety_net"]
+    assert full.quant_info["safety_net"]["ranked_on_samples"] == report["held_back_samples"]
+    assert report["ranked_on_samples"] == 1 < report["held_back_samples"], report
+    assert report["moved"] == full.quant_info["safety_net"]["moved"] and report["met_after_move"], report
+
+
 def test_a_model_that_passes_moves_nothing():
     from qcompile import zoo
 
