@@ -155,10 +155,7 @@ def _float_sinks(layers) -> dict:
     quantize of each float input and a dequantize of the output, and lose precision for nothing (a
     transformer's residual add feeding LayerNorm). An exact layer (reshape, ReLU) reads in integer only
     when its own output is read in integer. Returns {layer name: reason}."""
-    readers: dict = {}
-    for layer in layers:
-        for v in layer.inputs:
-            readers.setdefault(v, []).append(layer)
+    readers = _readers(layers)
     kept: dict = {}
     changed = True
     while changed:
@@ -175,17 +172,24 @@ def _float_sinks(layers) -> dict:
 
 def _float_outputs(layers):
     """Mark the layers whose rule can write float and whose output no integer layer reads."""
-    readers: dict = {}
-    for layer in layers:
-        for v in layer.inputs:
-            readers.setdefault(v, []).append(layer)
+    readers = _readers(layers)
     for layer in layers:
         if layer.precision != "fp32" and getattr(layer.rule, "float_output", False) \
                 and not _read_in_integer(layer.out, readers, set()):
             layer.attrs["float_out"] = True
 
 
+def _readers(layers) -> dict:
+    """{var: the layers that read it as an activation input}."""
+    readers: dict = {}
+    for layer in layers:
+        for v in layer.inputs:
+            readers.setdefault(v, []).append(layer)
+    return readers
+
+
 def _read_in_integer(var, readers: dict, seen: set) -> bool:
+    """Whether a quantized compute layer reads `var`, directly or through exact layers (reshape, ReLU)."""
     for user in readers.get(var, []):
         if user.precision == "fp32" or user in seen:
             continue
