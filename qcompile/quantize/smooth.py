@@ -35,7 +35,7 @@ from .weights import quantize_weight
 ALPHAS = (0.0, 0.5, 0.75, 0.85, 0.95)
 CLIP_RATIOS = (1.0, 0.8, 0.6, 0.45, 0.3)   # activation range candidates of the error estimate (of min/max)
 STAT_SAMPLES = 64     # calibration samples the statistics (and the choice of alpha) come from
-MAX_ROWS = 4096        # calibration rows kept per activation for choosing alpha
+MAX_ROWS = 2048        # calibration rows kept per activation for choosing alpha (2048 x K floats each)
 MIN_GAIN = 0.8         # smooth only when the error drops below this fraction of the unsmoothed error
 MIN_RATIO = 4.0        # ... and it has outlier channels: max over channels of median|x_k| / their median >= this
 
