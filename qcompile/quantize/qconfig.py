@@ -88,6 +88,9 @@ class QConfig:
             raise ConfigError(f"{where}'fallback' must be int16 or fp32, got {self.fallback!r}")
         if self.budget is not None:
             _check_budget(self.budget, where)
+        for key in ("safety_net", "smoothing", "float_outputs"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{where}'{key}' must be true or false, got {getattr(self, key)!r}")
         for key in ("num_samples", "batch_size"):
             v = getattr(self, key)
             if v is not None and (not isinstance(v, int) or v < 1):

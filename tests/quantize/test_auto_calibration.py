@@ -14,7 +14,7 @@ from tvm import relax
 
 import qcompile
 from qcompile.quantize.qconfig import QConfig
-from .test_realize import relax_model
+from .test_realize import cosine, relax_model
 
 T, D = 16, 32
 RNG = np.random.default_rng(0)
@@ -42,11 +42,6 @@ def data(n, seed):
     spikes = r.random((n, T, D)) < 0.001
     x2[spikes] = r.choice([-20.0, 20.0], size=int(spikes.sum()))
     return {"x1": x1, "x2": x2}
-
-
-def cosine(a, b):
-    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")

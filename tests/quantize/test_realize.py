@@ -39,6 +39,12 @@ def compile_quantized(model, calib, **qkw):
     return art, pipe.state
 
 
+def cosine(a, b):
+    """Cosine of two arrays, flattened (float64)."""
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
 def out_codes(y, scale, zp):
     return np.rint(y.astype(np.float64) / scale).astype(np.int64) + zp
 

@@ -14,7 +14,7 @@ from tvm import relax
 import qcompile
 from qcompile.quantize import safety_net
 from qcompile.quantize.qconfig import QConfig
-from .test_realize import relax_model
+from .test_realize import cosine, relax_model
 
 T, D = 8, 16
 RNG = np.random.default_rng(5)
@@ -41,11 +41,6 @@ def data(n, seed):
     z[..., : D // 2] *= 100.0   # large channels (small weights) ...
     z[..., D // 2:] *= 0.1      # ... and small channels (large weights): both halves matter
     return {"x": r.standard_normal((n, T, D)).astype(np.float32), "z": z}
-
-
-def cosine(a, b):
-    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")

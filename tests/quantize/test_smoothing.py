@@ -37,11 +37,6 @@ def outlier_data(n, seed, spikes=False):
     return {"x": x}
 
 
-def _cosine(a, b):
-    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
-
 def _compile_and_score(model, calib, ev, **qkw):
     pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, **qkw), progress=False)
     art = pipe.run(model, calib=calib)
@@ -96,3 +91,17 @@ def _constants_feeding(func, var):
     for b in func.body.blocks[0].bindings:
         if b.var.same_as(var):
             yield b.value.args[1].value.numpy().reshape(-1)
+
+
+@pytest.mark.parametrize("key", ["smoothing", "float_outputs", "safety_net"])
+def test_qconfig_switch_must_be_a_boolean(tmp_path, key):
+    """A qconfig file that says `smoothing: "no"` is refused naming the file and the key (a string would
+    otherwise read as true)."""
+    from qcompile.errors import ConfigError
+
+    path = tmp_path / "q.yaml"
+    path.write_text(f'{key}: "no"\n')
+    with pytest.raises(ConfigError, match=rf"q.yaml: '{key}' must be true or false"):
+        QConfig.from_yaml(str(path))
+    path.write_text(f"{key}: false\n")
+    assert getattr(QConfig.from_yaml(str(path)), key) is False
