@@ -281,11 +281,18 @@ class Realizer:
             scale = scale.reshape(shape)
         out_dtype = str(layer.out.ty.dtype)
         y = self.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale, "float32")), "dequant_acc")
-        if layer.clip is not None:
-            lo, hi = layer.clip
-            y = self.emit(relax.op.clip(y, relax.prim_value(float(lo) if lo is not None else -3.4e38),
-                                        relax.prim_value(float(hi) if hi is not None else 3.4e38)), "act")
+        y = self.float_clip(y, layer.clip)
         return y if out_dtype == "float32" else self.emit(relax.op.astype(y, out_dtype), "float_out")
+
+    def float_clip(self, y, clip):
+        """A fused ReLU/clip (lo, hi; None = unbounded) applied to a float result; no clip: y itself."""
+        from tvm import relax
+
+        if clip is None:
+            return y
+        lo, hi = clip
+        return self.emit(relax.op.clip(y, relax.prim_value(float(lo) if lo is not None else -3.4e38),
+                                       relax.prim_value(float(hi) if hi is not None else 3.4e38)), "act")
 
     def clamp_cast(self, x, out_scale, out_zp, out_dtype, clip=None):
         """x + zp, clamped to the dtype range (tightened by a fused ReLU/clip), cast to out_dtype."""

@@ -276,3 +276,37 @@ def test_power_of_two_scales_make_shift_only_requantize():
     assert (np.asarray(mult) == 2**30).all()  # M = 2^k exactly: the multiply is a pure shift
     inputs, labels = zoo.digits_test()
     assert (art.run(inputs)["logits"].argmax(1) == labels).mean() >= 0.97
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_conv2d_float_output_bit_exact(relu):
+    """float_outputs (the default): a conv read only by float ops writes float32(acc) * (s_x * s_w[c]),
+    then its ReLU in float, bit for bit as reference.dequantize of the integer accumulator."""
+    w = RNG.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(6).astype(np.float32)
+
+    def build(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), padding=1))
+        y = bb.emit(relax.op.add(y, relax.const(b.reshape(1, -1, 1, 1))))
+        return bb.emit(relax.op.nn.relu(y)) if relu else y
+
+    model = relax_model([("x", (2, 3, 9, 9))], build)
+    calib = {"x": RNG.standard_normal((8, 3, 9, 9)).astype(np.float32) + 0.3}
+    pipe = qcompile.Pipeline(target="auto", qconfig=QConfig(calib_method="minmax", safety_net=False))
+    art = pipe.run(model, calib=calib)
+    state = pipe.state
+    (layer,) = state.quant_info["plan"].layers
+    assert layer.attrs.get("float_out") and layer.out not in state.quant_info["ranges"]
+
+    qc = state.quant_info["qconfig"]
+    x = RNG.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    sx, zx = qparams_of(state, layer.inputs[0])
+    x_q = reference.quantize(x, sx, zx, qc.activation_dtype)
+    w_scale, w_q = quantize_weight(w, qc.weight_dtype, qc, axis=0)
+    acc_scale = sx * w_scale.astype(np.float64)
+    sums = w_q.reshape(6, -1).sum(1)
+    acc = reference.qconv2d(x_q, zx, w_q, 0, padding=1) + (fold_bias(b, acc_scale, zx, sums) + zx * sums).reshape(1, -1, 1, 1)
+    expected = reference.dequantize(acc, acc_scale.astype(np.float32), 0, axis=1)
+    if relu:
+        expected = np.maximum(expected, np.float32(0))
+    np.testing.assert_array_equal(art.run({"x": x})["y"], expected)

@@ -62,11 +62,7 @@ class MatmulRule(Rule):
         y = rz.emit(relax.op.multiply(relax.op.astype(acc, "float32"), scale), "dequant")
         if layer.bias is not None:
             y = rz.emit(relax.op.add(y, rz.const(layer.bias.astype(np.float32), "float32")), "biased")
-        if layer.clip is not None:
-            lo, hi = layer.clip
-            y = rz.emit(relax.op.clip(y, relax.prim_value(float(lo) if lo is not None else -3.4e38),
-                                      relax.prim_value(float(hi) if hi is not None else 3.4e38)), "act")
-        return y
+        return rz.float_clip(y, layer.clip)
 
     def _dense(self, layer, rz):
         from tvm import relax
