@@ -32,7 +32,7 @@ AGREEMENT_MIN = 0.95
 MAX_FRACTION = 0.10
 HELD_BACK = 16           # held-back calibration samples at most (a quarter of them at most)
 RANK_SECONDS = 60.0      # the ranking's runs (one per conv/matmul) take about this long at most: fewer samples
-                         # when one run is slow (PP-OCR det, 736x736: 62 layers x 8 samples took ~12 min)
+                         # when one run is slow (PP-OCR det, 736x736, 62 convs x 8 samples of such runs)
 LINEAR_OPS = ("relax.nn.conv2d", "relax.matmul")
 
 
