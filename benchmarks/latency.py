@@ -1,4 +1,4 @@
-"""Latency benchmark: model x {ORT fp32, ORT int8, qcompile fp32, qcompile int8} x threads, batch 1.
+"""Latency benchmark: model x {ORT, OpenVINO, qcompile} x {fp32, int8} x threads, batch 1.
 
     python benchmarks/latency.py                                   # every model at 1 and 2 threads
     python benchmarks/latency.py --models digits,squeezenet --threads 1,2 --budget 5
@@ -7,13 +7,17 @@
 All engines of a model are measured in the same run, at the same thread count, interleaved in rounds
 (so a change in machine load hits every engine alike), with the same harness: one ``time.perf_counter``
 around one Python call of one batch-1 sample (``session.run`` for ONNX Runtime, ``vm["main"]`` for
-qcompile). The number of timed calls per cell adapts to the cell's speed: ``--budget`` seconds per cell,
+qcompile, ``infer`` for OpenVINO). The number of timed calls per cell adapts to the cell's speed: ``--budget`` seconds per cell,
 at least ``--min-repeat`` and at most ``--repeat`` calls (untuned TVM kernels on ResNet-50 take seconds a
 call). Prints a table of medians and ratios, writes JSON atomically after every model and a PNG bar chart.
 
 Engines (models, calibration data and ORT int8 from benchmarks/datasets.py and benchmarks/accuracy.py):
     ort_fp32   ONNX Runtime, CPU provider, intra_op_num_threads = threads, all graph optimizations
     ort_int8   ORT quantize_static: QDQ, per-channel, uint8 activations / int8 weights, MinMax
+    ov_fp32    OpenVINO CPU plugin on the ONNX file (shapes fixed), INFERENCE_NUM_THREADS = threads,
+               PERFORMANCE_HINT = LATENCY, INFERENCE_PRECISION_HINT = f32 (its default is bf16 on AMX/BF16 CPUs)
+    ov_int8    the same on NNCF PTQ's int8 model: accuracy.nncf_runner's nncf.quantize on the same calibration
+               samples. Both OpenVINO engines are optional (the `bench` extra): "skipped" when not installed
     qc_fp32    qcompile.compile(target) with the tuning records of schedules/<target>/ (+ --records)
     qc_int8    the same with QConfig(precision="int8", calib_method=--calib-method) on the same calibration data
 """
@@ -21,6 +25,7 @@ Engines (models, calibration data and ORT int8 from benchmarks/datasets.py and b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -37,15 +42,19 @@ if os.path.dirname(HERE) not in sys.path:
     sys.path.insert(0, os.path.dirname(HERE))
 
 from benchmarks import datasets  # noqa: E402
-from benchmarks.accuracy import (_cpu, _git, _versions, captured, error_text, ort_int8_model, qcompile_fp32,  # noqa: E402
-                                 qcompile_int8, write_json_atomic)
+from benchmarks.accuracy import (NotAvailable, _cpu, _git, _versions, captured, error_text, nncf_runner,  # noqa: E402
+                                 ort_int8_model, qcompile_fp32, qcompile_int8, write_json_atomic)
 
 MODELS = ("digits", "squeezenet", "shufflenet", "resnet50", "ppocr_det", "minilm")
-ENGINES = ("ort_fp32", "ort_int8", "qc_fp32", "qc_int8")
-TITLES = {"ort_fp32": "ORT fp32", "ort_int8": "ORT int8", "qc_fp32": "qcompile fp32", "qc_int8": "qcompile int8"}
+ENGINES = ("ort_fp32", "ort_int8", "ov_fp32", "ov_int8", "qc_fp32", "qc_int8")
+TITLES = {"ort_fp32": "ORT fp32", "ort_int8": "ORT int8", "ov_fp32": "OpenVINO fp32", "ov_int8": "OpenVINO int8",
+          "qc_fp32": "qcompile fp32", "qc_int8": "qcompile int8"}
+SHORT = {"ort_fp32": "ORT32", "ort_int8": "ORT8", "ov_fp32": "OV32", "ov_int8": "OV8", "qc_fp32": "qc32",
+         "qc_int8": "qc8"}
 # (numerator, denominator): < 1 means the numerator is faster
-RATIOS = (("qc_int8", "ort_int8"), ("qc_int8", "qc_fp32"), ("qc_fp32", "ort_fp32"), ("ort_int8", "ort_fp32"),
-          ("qc_int8", "ort_fp32"))
+RATIOS = (("qc_int8", "ort_int8"), ("qc_int8", "ov_int8"), ("qc_int8", "qc_fp32"), ("qc_fp32", "ort_fp32"),
+          ("qc_fp32", "ov_fp32"), ("ort_int8", "ort_fp32"), ("qc_int8", "ort_fp32"))
+OV_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}  # + INFERENCE_NUM_THREADS per cell
 DEFAULT_JSON = os.path.join(HERE, "results", "latency.json")
 
 
@@ -81,6 +90,90 @@ class OrtEngine(Engine):
         sess, feed = self.sessions[threads], self.feed
         names = [o.name for o in sess.get_outputs()]
         return lambda: dict(zip(names, sess.run(None, feed)))
+
+
+class OvEngine(Engine):
+    """OpenVINO's CPU plugin on one OpenVINO model, compiled once per thread count with OV_CONFIG and
+    INFERENCE_NUM_THREADS = threads. A call is one ``InferRequest.infer`` (inputs shared, not copied; outputs
+    come back as numpy copies, as ORT's do)."""
+
+    def __init__(self, name, model, feed, ref_names):
+        import openvino as ov
+
+        super().__init__(name)
+        self.model, self.feed, self.ref_names, self.requests = model, feed, ref_names, {}
+        self.info = {"openvino": ov.__version__, "config": dict(OV_CONFIG)}
+
+    def call(self, threads: int):
+        import openvino as ov
+
+        if threads not in self.requests:
+            compiled = ov.Core().compile_model(self.model, "CPU", {**OV_CONFIG, "INFERENCE_NUM_THREADS": threads})
+            self.requests[threads] = compiled.create_infer_request(), compiled.outputs
+            self.info["config"] = {k: _ov_str(compiled.get_property(k)) for k in
+                                   ("PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS",
+                                    "INFERENCE_NUM_THREADS")}  # what the plugin took, at the last thread count
+        request, outputs = self.requests[threads]
+        names = [_ov_output_name(o, i, self.ref_names) for i, o in enumerate(outputs)]
+        feed = self.feed
+
+        def run():
+            res = request.infer(feed, share_inputs=True)
+            return {n: res[o] for n, o in zip(names, outputs)}
+        return run
+
+
+def _ov_str(value) -> str:
+    return value.to_string() if hasattr(value, "to_string") else str(value)  # ov.Type: "f32"
+
+
+def _ov_output_name(output, i: int, ref_names: list[str]) -> str:
+    cand = [n for n in output.get_names() if n in ref_names]
+    return cand[0] if cand else (ref_names[i] if i < len(ref_names) else output.get_any_name())
+
+
+def openvino_model(ds):
+    """OpenVINO's fp32 model of the ONNX file, with the dataset's fixed input shapes."""
+    try:
+        import openvino as ov
+    except ImportError as err:
+        raise NotAvailable(f"{err.name} is not installed (pip install '.[bench]')") from None
+    model = ov.Core().read_model(ds.model)
+    if ds.input_shapes:
+        model.reshape({k: ov.PartialShape(list(v)) for k, v in ds.input_shapes.items()})
+    return model
+
+
+def nncf_int8_model(ds, ref_names):
+    """NNCF PTQ's int8 model, made by accuracy.nncf_runner (the project's one NNCF recipe: the same
+    calibration samples, subset size and model type as the accuracy benchmark). nncf_runner returns a runner
+    compiled for its own thread count; the model it quantizes is taken from its nncf.quantize call, so each
+    thread count here compiles it with this benchmark's config. Returns (model, nncf_runner's settings)."""
+    try:
+        import nncf
+    except ImportError as err:
+        raise NotAvailable(f"{err.name} is not installed (pip install '.[bench]')") from None
+    made = []
+    quantize = nncf.quantize
+
+    def keep(*a, **k):
+        made.append(quantize(*a, **k))
+        return made[-1]
+    with _patched(nncf, "quantize", keep):
+        _, settings = nncf_runner(ds, 1, ref_names)
+    if len(made) != 1:
+        raise RuntimeError(f"accuracy.nncf_runner called nncf.quantize {len(made)} times, expected once")
+    return made[0], settings
+
+
+@contextlib.contextmanager
+def _patched(obj, attr, value):
+    saved = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, saved)
 
 
 class QcEngine(Engine):
@@ -123,6 +216,12 @@ def build_engines(ds, args, work: str, log_path: str | None) -> dict:
                     path = ort_int8_model(ds.model, ds.calib, os.path.join(work, f"{ds.name}_ort_int8.onnx"))
                     eng = OrtEngine(name, path, feed)
                     eng.info = {"quantization": "quantize_static QDQ per-channel u8/s8 MinMax"}
+                elif name == "ov_fp32":
+                    eng = OvEngine(name, openvino_model(ds), feed, ref_names)
+                elif name == "ov_int8":
+                    model, settings = nncf_int8_model(ds, ref_names)
+                    eng = OvEngine(name, model, feed, ref_names)
+                    eng.info["quantization"] = {"nncf.quantize": settings}
                 elif name == "qc_fp32":
                     eng = QcEngine(name, qcompile_fp32(ds, args.target, args.records), feed, ref_names)
                 else:
@@ -131,6 +230,9 @@ def build_engines(ds, args, work: str, log_path: str | None) -> dict:
                     eng.info["calib_method"] = args.calib_method
                     eng.info["quantization"] = eng.art.metadata.get("quantization")
                 eng.call(args.threads[0])  # ORT session / VM created here, not in the first timed cell
+        except NotAvailable as err:  # an optional engine whose packages are not installed
+            eng = Engine(name)
+            eng.status, eng.error = "skipped", str(err)
         except Exception as err:  # noqa: BLE001 - one engine failing must not stop the benchmark
             if log_path:
                 with open(log_path, "a") as f:
@@ -233,7 +335,7 @@ def run_model(name: str, args, work: str, log_path: str | None, bar) -> dict:
     engines = build_engines(ds, args, work, log_path)
     for e in engines.values():
         tqdm.write(f"[{name}] {TITLES[e.name]}: " + (f"built in {e.build_s:.1f}s" if e.status == "ok" else
-                                                    f"n/a ({e.error})"))
+                                                    f"{e.status} ({e.error})"))
     cells, outs = measure_model(name, engines, args, bar)
     entry["engines"] = {n: e.record() for n, e in engines.items()}
     entry["cells"] = cells
@@ -265,8 +367,7 @@ def _ms(c: dict | None) -> str:
 def format_table(results: dict) -> str:
     engines = [e for e in ENGINES if e in results["args"]["engines"]]
     rat = [f"{a}/{b}" for a, b in RATIOS if a in engines and b in engines]
-    short = {"ort_fp32": "ORT32", "ort_int8": "ORT8", "qc_fp32": "qc32", "qc_int8": "qc8"}
-    rtitles = [f"{short[r.split('/')[0]]}/{short[r.split('/')[1]]}" for r in rat]
+    rtitles = [f"{SHORT[r.split('/')[0]]}/{SHORT[r.split('/')[1]]}" for r in rat]
     lines = ["median ms per batch-1 call (same run, same threads, interleaved); ratio < 1: the first is faster",
              f"{'model':11s} {'thr':>3s} " + " ".join(f"{TITLES[e]:>13s}" for e in engines) + "  "
              + " ".join(f"{t:>10s}" for t in rtitles)]
@@ -280,7 +381,7 @@ def format_table(results: dict) -> str:
                          + " ".join(f"{(f'{r[k]:.2f}' if k in r else '-'):>10s}" for k in rat))
         bad = {n: rec["error"] for n, rec in e["engines"].items() if rec["status"] != "ok"}
         for n, err in bad.items():
-            lines.append(f"{'':15s} {TITLES[n]}: n/a ({err})")
+            lines.append(f"{'':15s} {TITLES[n]}: {e['engines'][n]['status']} ({err})")
     return "\n".join(lines)
 
 
@@ -297,7 +398,8 @@ def plot(results: dict, path: str) -> bool:
     engines = [e for e in ENGINES if e in results["args"]["engines"]]
     if not groups:
         return False
-    colors = {"ort_fp32": "#8c8c8c", "ort_int8": "#dd8452", "qc_fp32": "#4c72b0", "qc_int8": "#55a868"}
+    colors = {"ort_fp32": "#8c8c8c", "ort_int8": "#dd8452", "ov_fp32": "#b8a9d9", "ov_int8": "#8172b3",
+              "qc_fp32": "#4c72b0", "qc_int8": "#55a868"}
     fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(groups)), 4.8))
     width = 0.8 / len(engines)
     lo = min(c[en]["median_ms"] for _, c in groups for en in c)

@@ -1,6 +1,7 @@
 """Smoke tests of the latency, GEMM and accuracy benchmarks (benchmarks/latency.py, gemm.py, accuracy.py): they run,
 check their own results, and write the JSON they document. The timings themselves are not tested."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -44,14 +45,59 @@ def test_latency_digits_one_thread(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
     d = r["models"]["digits"]
-    assert d["status"] == "ok" and set(d["cells"]["1"]) == {"ort_fp32", "ort_int8", "qc_fp32", "qc_int8"}
+    # OpenVINO (fp32, and NNCF int8) is optional: the bench extra. Without it its engines say so and are not timed
+    have_ov = all(importlib.util.find_spec(m) is not None for m in ("openvino", "nncf"))
+    ov = {"ov_fp32", "ov_int8"}
+    assert d["status"] == "ok" and set(d["cells"]["1"]) == {"ort_fp32", "ort_int8", "qc_fp32", "qc_int8"} | (
+        ov if have_ov else set())
     for c in d["cells"]["1"].values():
         assert c["repeat"] >= 3 and 0 < c["median_ms"] <= c["p99_ms"] and c["threads"] == 1
-    ratio = d["ratios"]["1"]["qc_int8/ort_int8"]
-    assert ratio == pytest.approx(d["cells"]["1"]["qc_int8"]["median_ms"] / d["cells"]["1"]["ort_int8"]["median_ms"])
+    cells, rat = d["cells"]["1"], d["ratios"]["1"]
+    assert rat["qc_int8/ort_int8"] == pytest.approx(cells["qc_int8"]["median_ms"] / cells["ort_int8"]["median_ms"])
+    if have_ov:
+        assert rat["qc_int8/ov_int8"] == pytest.approx(cells["qc_int8"]["median_ms"] / cells["ov_int8"]["median_ms"])
+        assert rat["qc_fp32/ov_fp32"] == pytest.approx(cells["qc_fp32"]["median_ms"] / cells["ov_fp32"]["median_ms"])
+        for en in ov:  # the same thread count, a latency hint, fp32 where the model is not int8 (not bf16)
+            cfg = d["engines"][en]["config"]
+            assert cfg["INFERENCE_NUM_THREADS"] == "1" and cfg["PERFORMANCE_HINT"] == "LATENCY"
+            assert cfg["INFERENCE_PRECISION_HINT"] == "f32"
+        assert d["engines"]["ov_int8"]["quantization"]["nncf.quantize"]["subset_size"] == d["n_calib"]
+        assert "qc8/OV8" in proc.stdout and "qc32/OV32" in proc.stdout
+    else:
+        assert all(d["engines"][en]["status"] == "skipped" and "bench" in d["engines"][en]["error"] for en in ov)
     # every engine computes the same model: its outputs agree with ORT fp32 on the timed sample
     assert all(m["agree_ort_fp32"] == 1.0 for m in d["agreement_vs_ort_fp32"].values())
     assert os.path.isfile(tmp_path / "lat.png") and "qc8/ORT8" in proc.stdout
+
+
+def test_latency_openvino_engines_are_optional(monkeypatch, tmp_path):
+    """Without openvino/nncf installed the OpenVINO engines are skipped with the reason, not failed."""
+    from benchmarks import latency
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    args = latency.parse_args(["--models", "digits", "--engines", "ov_fp32,ov_int8"])
+    engines = latency.build_engines(_FakeDataset(tmp_path / "relu.onnx"), args, str(tmp_path), None)
+    for en in ("ov_fp32", "ov_int8"):
+        assert engines[en].status == "skipped" and "pip install '.[bench]'" in engines[en].error
+        assert engines[en].record()["status"] == "skipped"
+
+
+class _FakeDataset:
+    """Enough of benchmarks.datasets.Dataset for build_engines to reach the OpenVINO imports."""
+
+    def __init__(self, path):
+        import numpy as np
+        import onnx
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        self.model = str(path)
+        onnx.save(helper.make_model(graph), self.model)
+        self.inputs = {"x": np.zeros((1, 4), np.float32)}
+        self.calib, self.input_shapes, self.transformer = dict(self.inputs), {"x": (1, 4)}, False
 
 
 def _accuracy_quick(tmp_path, columns=None):
