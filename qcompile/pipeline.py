@@ -110,6 +110,7 @@ def stage_annotate(state: CompileState):
     state.quant_info["plan"] = annotate.annotate(state.mod, qconfig, state.target,
                                                  state.quant_info.get("precision_overrides"),
                                                  state.quant_info["source_names"])
+    state.quant_info["plan"].input_means = state.quant_info.get("input_means", {})  # kept by a re-annotate
 
 
 def _source_names(model) -> dict:

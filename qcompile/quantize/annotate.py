@@ -76,6 +76,7 @@ class QuantPlan:
     func: object
     mod: object = None         # the module main belongs to (its other functions are kept)
     kept_float: dict = field(default_factory=dict)  # layer name -> why annotate left it in fp32
+    input_means: dict = field(default_factory=dict)  # var -> per-channel mean over calibration (bias correction)
 
     def with_main(self, func):
         """A copy of the module with `func` as main (helper functions main calls stay)."""

@@ -20,7 +20,7 @@ import numpy as np
 from ..build import host_vm
 from ..errors import CalibrationError
 from .annotate import QuantPlan
-from . import range_search, safety_net, smooth
+from . import bias_correction, range_search, safety_net, smooth
 from .observers import make_observer
 from .realize import Realizer
 
@@ -110,11 +110,13 @@ def _batches(vm, model_inputs, data: dict, n: int, desc: str, progress: bool):
         yield vm["main"](*args)
 
 
-def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: dict, progress=True, smoother=None):
+def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: dict, progress=True, smoother=None,
+                  means=None):
     """Feed every observed tensor of every calibration batch to its observer.
 
     smoother -- a smooth.Smoother: first fed up to smooth.STAT_SAMPLES samples to choose its factors,
     then the observer of each smoothed activation ``x / s`` sees ``x * (1/s)`` of every batch.
+    means -- a bias_correction.InputMeans, fed the same batches (smoothed activations included).
 
     Returns ({var: (lo, hi)} by the method, {var: (min, max)} unclipped, {var: observer}); int16 tensors
     use the unclipped range, since 16 bits resolve the full range and clipping would only add error."""
@@ -130,13 +132,20 @@ def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: d
             smoother.observe(tensors, outs)
         smoother.choose()
         taps = smoother.tap(tensors)
+        if means is not None:
+            for i, xs, _ in taps:
+                means.watch(xs, means.axes.get(tensors[i], -1))
     observers = [make_observer(method, name=v.name, **params) for v in tensors]
     tap_observers = [make_observer(method, name=xs.name, **params) for _, xs, _ in taps]
     for outs in _batches(vm, model_inputs, data, n, f"calibrate ({method})", progress):
-        for obs, out in zip(observers, outs):
+        for v, obs, out in zip(tensors, observers, outs):
             obs.update(out.numpy())
-        for obs, (i, _, inv) in zip(tap_observers, taps):
+            if means is not None:
+                means.update(v, out.numpy())
+        for obs, (i, xs, inv) in zip(tap_observers, taps):
             obs.update(outs[i].numpy() * inv)
+            if means is not None:
+                means.update(xs, outs[i].numpy(), factor=inv)
     tensors = tensors + [xs for _, xs, _ in taps]
     observers = observers + tap_observers
     ranges = {v: tuple(obs.compute_range()) for v, obs in zip(tensors, observers)}
@@ -173,13 +182,16 @@ def calibrate(state) -> dict:
         params.setdefault("dtype", qconfig.activation_dtype)
         params.setdefault("symmetric", bool(qconfig.symmetric_activations))
     smoother = smooth.Smoother(plan, qconfig) if smooth.applies(qconfig, state) else None
+    means = bias_correction.InputMeans(plan) if bias_correction.applies(qconfig, state) else None
     ranges, full, observers = run_observers(plan, state.model.inputs, data, n, qconfig.calib_method, params,
-                                            progress=state.progress, smoother=smoother)
+                                            progress=state.progress, smoother=smoother, means=means)
     if smoother:
         state.quant_info["smoothing"] = smoother.report
         if smoother.smoothed:
             plan = _smoothed_plan(state, smoother)
             state.notes.append(smoother.note())
+    if means is not None:
+        plan.input_means = state.quant_info["input_means"] = means.means()
     if qconfig.calib_method == "auto":
         ranges, choice = range_search.search(plan, qconfig, observers, state.model.inputs, data, n,
                                              progress=state.progress)

@@ -106,7 +106,49 @@ def _quantize_weight_initializer(graph, layer, names, rz, dtype):
                               name=node.input[1] + "_DequantizeLinear", axis=axis)
         graph.node.insert(list(graph.node).index(node), dq)
         node.input[1] = dq_name
+        _correct_bias(graph, node, w, scale, codes, axis, getattr(rz.plan, "input_means", {}).get(layer.inputs[0]))
         return
+
+
+def _correct_bias(graph, node, w, scale, codes, axis: int, mean):
+    """Bias correction as the compiled model has it: the node's bias minus the weight codes' mean output
+    error on its calibration input (Conv and Gemm bias inputs, a MatMul's following Add of a constant)."""
+    from onnx import numpy_helper
+
+    from . import bias_correction
+
+    if mean is None:
+        return
+    if node.op_type == "Conv":
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        error = bias_correction.weight_error(w, scale, codes, axis)
+        shift = bias_correction.output_shift(error, mean, "relax.nn.conv2d", groups)
+    else:  # Gemm / MatMul: the error in [K, N] form
+        error = bias_correction.weight_error(w, scale, codes, axis)
+        shift = bias_correction.output_shift(error.T if axis == 0 else error, mean, "relax.matmul")
+    inits = {i.name: i for i in graph.initializer}
+    if node.op_type in ("Conv", "Gemm"):
+        old = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] in inits else None
+        if len(node.input) > 2 and node.input[2] and old is None:
+            return  # a bias computed at run time: nothing to rewrite
+        base = np.zeros(shift.shape, np.float32) if old is None else np.broadcast_to(old, shift.shape)
+        new = numpy_helper.from_array((base - shift).astype(np.float32), node.name + "_corrected_bias")
+        graph.initializer.append(new)
+        if len(node.input) > 2:
+            node.input[2] = new.name
+        else:
+            node.input.append(new.name)
+        return
+    adds = [n for n in graph.node if n.op_type == "Add" and node.output[0] in n.input]
+    if len(adds) == 1:
+        other = [i for i in adds[0].input if i != node.output[0]]
+        if other and other[0] in inits:
+            old = numpy_helper.to_array(inits[other[0]])
+            if old.size == shift.size:
+                new = numpy_helper.from_array((old - shift.reshape(old.shape)).astype(np.float32),
+                                              other[0] + "_corrected")
+                graph.initializer.append(new)
+                adds[0].input[list(adds[0].input).index(other[0])] = new.name
 
 
 def _weight_axis(node, w: np.ndarray) -> int:

@@ -25,6 +25,7 @@ Example qconfig.yaml::
     float_outputs: true        # integer regions end in float: a conv/matmul only float ops read writes
                                # float(acc) * scale, an add/multiply/table only float ops read stays fp32
     smoothing: true            # int8: SmoothQuant for dense layers whose input has outlier channels (alpha measured)
+    bias_correction: true      # conv/dense bias minus the weight codes' mean output error on calibration inputs
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class QConfig:
     safety_net: bool = True    # int8: check on held-back samples, move a few sensitive layers if needed
     float_outputs: bool = True  # integer regions end in float (no requantize + dequantize at their exits)
     smoothing: bool = True     # int8: move dense layers' activation outlier channels into their weights
+    bias_correction: bool = True  # subtract the weight codes' mean output error from conv/dense biases
     source: str = ""
 
     def __post_init__(self):
@@ -88,7 +90,7 @@ class QConfig:
             raise ConfigError(f"{where}'fallback' must be int16 or fp32, got {self.fallback!r}")
         if self.budget is not None:
             _check_budget(self.budget, where)
-        for key in ("safety_net", "smoothing", "float_outputs"):
+        for key in ("safety_net", "smoothing", "float_outputs", "bias_correction"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{where}'{key}' must be true or false, got {getattr(self, key)!r}")
         for key in ("num_samples", "batch_size"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import bias_correction
 from .observers import weight_qparams
 from .reference import quantize as quantize_ref
 
@@ -20,6 +21,21 @@ def quantize_weight(w: np.ndarray, dtype: str, qconfig, axis: int):
         scale = (2.0 ** np.ceil(np.log2(scale))).astype(np.float32)
     q = quantize_ref(w, scale, 0, dtype, axis=axis, narrow_range=True)
     return scale, q
+
+
+def layer_weight(layer, rz, axis: int, dtype: str | None = None):
+    """(scale, codes, bias) of a conv2d/dense layer's constant weight at its precision.
+
+    The float bias is corrected for the codes' mean output error (``bias_correction``) when calibration
+    measured the layer's input means (``plan.input_means``); otherwise it is the layer's own bias."""
+    dtype = dtype or rz.weight_dtype(layer)
+    scale, codes = quantize_weight(layer.weight, dtype, rz.qconfig, axis=axis)
+    mean = getattr(rz.plan, "input_means", {}).get(layer.inputs[0])
+    if mean is None:
+        return scale, codes, layer.bias
+    groups = int(layer.call.attrs.groups) if layer.op == "relax.nn.conv2d" else 1
+    bias = bias_correction.corrected(layer.bias, layer.weight, scale, codes, mean, layer.op, axis, groups)
+    return scale, codes, bias
 
 
 def fold_bias(bias, acc_scale: np.ndarray, x_zp: int, w_sums: np.ndarray) -> np.ndarray:

@@ -97,7 +97,7 @@ def test_conv_batch_norm_scale_shift_fold_into_weights(groups, bias, scale_shift
     x = RNG.standard_normal((1, 6, 7, 7)).astype(np.float32)
     np.testing.assert_allclose(qcompile.compile(model).run({"x": x})["y"], ort_run(model, x), rtol=1e-4, atol=1e-4)
     # the quantizer sees the folded weight: its per-channel ranges are taken after folding
-    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, float_outputs=False), progress=False)
+    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, float_outputs=False, bias_correction=False), progress=False)
     pipe.run(model, calib={"x": RNG.standard_normal((4, 6, 7, 7)).astype(np.float32)})
     (layer,) = pipe.state.quant_info["plan"].layers
     np.testing.assert_allclose(layer.weight, folded_weight(inits), rtol=1e-5, atol=1e-6)
@@ -132,7 +132,7 @@ def test_conv_read_elsewhere_is_not_folded():
 def test_conv_batch_norm_int8_is_one_integer_layer_bit_exact(act):
     model, inits = conv_bn_model(groups=2, bias=True, scale_shift=True, relu=True)
     captured = {}
-    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, float_outputs=False, activation_dtype=act),
+    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, float_outputs=False, bias_correction=False, activation_dtype=act),
                              progress=False)
     pipe.add_pass(lambda mod: captured.setdefault("mod", mod), after="realize")
     art = pipe.run(model, calib={"x": RNG.standard_normal((8, 6, 7, 7)).astype(np.float32)})
@@ -188,7 +188,7 @@ def test_batch_norm_without_conv_is_an_integer_scale_shift_bit_exact(act, relu):
              helper.make_node("Relu" if relu else "Identity", ["bt"], ["y"])]
     model = onnx_model(nodes, inits, (1, C // 2, 5, 5))
     qkw = {"precision": "int16"} if act == "int16" else {"activation_dtype": act}
-    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, float_outputs=False, **qkw), progress=False)
+    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, float_outputs=False, bias_correction=False, **qkw), progress=False)
     art = pipe.run(model, calib={"x": RNG.standard_normal((8, C // 2, 5, 5)).astype(np.float32)})
     state = pipe.state
     layer = state.quant_info["plan"].layers[-1]

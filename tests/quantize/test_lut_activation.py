@@ -46,7 +46,7 @@ def compile_activation(name, **qkw):
     nodes, consts, _, _ = ACTIVATIONS[name]
     model = onnx_model(nodes, consts, SHAPE) if nodes else relax_model([("x", SHAPE)], torch_hardsigmoid)
     captured = {}
-    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, float_outputs=False, **qkw), progress=False)
+    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, float_outputs=False, bias_correction=False, **qkw), progress=False)
     pipe.add_pass(lambda mod: captured.setdefault("mod", mod), after="realize")
     art = pipe.run(model, calib={"x": RNG.standard_normal((8,) + SHAPE[1:]).astype(np.float32) * 3})
     return art, pipe.state, captured["mod"]
@@ -79,7 +79,7 @@ def test_lone_sigmoid_and_linear_chains_are_not_tables():
     nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "half"], ["m"]),
              helper.make_node("Add", ["m", "one"], ["l"]), helper.make_node("Add", ["s", "l"], ["y"])]
     model = onnx_model(nodes, {"half": np.float32(0.5), "one": np.float32(1.0)}, SHAPE)
-    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, float_outputs=False), progress=False)
+    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, float_outputs=False, bias_correction=False), progress=False)
     pipe.run(model, calib={"x": RNG.standard_normal((4,) + SHAPE[1:]).astype(np.float32)})
     assert [layer.name for layer in pipe.state.quant_info["plan"].layers] == ["add_0"]
 
@@ -101,7 +101,7 @@ def test_hardswish_between_convs_stays_integer():
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]), bn_node("c", "b", "bn"),
              helper.make_node("HardSwish", ["b"], ["h"]), helper.make_node("Conv", ["h", "w2"], ["y"])]
     captured = {}
-    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, float_outputs=False), progress=False)
+    pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, float_outputs=False, bias_correction=False), progress=False)
     pipe.add_pass(lambda mod: captured.setdefault("mod", mod), after="realize")
     pipe.run(onnx_model(nodes, inits, SHAPE), calib={"x": RNG.standard_normal((4,) + SHAPE[1:]).astype(np.float32)})
     assert list(pipe.state.quant_info["realized"]) == ["conv2d_0", "hardswish_0", "conv2d_1"]

@@ -44,7 +44,7 @@ def test_budget_moves_both_sides_of_a_shared_tensor():
     model, calib, held = _ffn_model()
     # float_outputs off: else add_0 (read only by float ops) stays fp32 and matmul_1 writes float, so
     # the tensor is quantized on neither side and int8 meets the budget as is
-    qc = QConfig(calib_method="minmax", budget={"metric": "cosine", "min": 0.99}, float_outputs=False)
+    qc = QConfig(calib_method="minmax", budget={"metric": "cosine", "min": 0.99}, float_outputs=False, bias_correction=False)
     pipe = qcompile.Pipeline(qconfig=qc, progress=False)
     art = pipe.run(model, calib=calib, evaluation={"inputs": held})
     report = pipe.state.quant_info["mixed"]
@@ -100,7 +100,7 @@ def test_float_outputs_end_the_region_in_float():
         got = np.concatenate([art.run({"x": held["x"][i:i + 1]})["y"] for i in range(8)])
         return cosine(got, ref), pipe.state
 
-    with_codes, _ = cos(float_outputs=False)
+    with_codes, _ = cos(float_outputs=False, bias_correction=False)
     with_float, state = cos()
     kept = state.quant_info["summary"]["kept_fp32_by_rule"]
     assert kept == {"add_0": "no integer layer reads its output", "add_1": "no integer layer reads its output"}

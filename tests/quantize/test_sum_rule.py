@@ -43,7 +43,7 @@ def test_sum_becomes_binary_adds():
 @pytest.mark.parametrize("act, relu", [("uint8", False), ("int8", True), ("int16", False)])
 def test_sum_of_three_is_integer_bit_exact(act, relu):
     model = sum_model(relu)
-    qc = QConfig(calib_method="minmax", safety_net=False, float_outputs=False, **({"precision": "int16"} if act == "int16" else
+    qc = QConfig(calib_method="minmax", safety_net=False, float_outputs=False, bias_correction=False, **({"precision": "int16"} if act == "int16" else
                                                               {"activation_dtype": act}))
     pipe = qcompile.Pipeline(qconfig=qc, progress=False)
     art = pipe.run(model, calib={"x": RNG.standard_normal((8, 3, 4, 4)).astype(np.float32)})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fixed_point
-from ..weights import fold_bias, quantize_weight
+from ..weights import fold_bias, layer_weight
 from ..layer import Layer, QTensor
 from . import Rule, register
 from ._fuse import absorb_activation, absorb_bias
@@ -43,7 +43,7 @@ class Conv2dRule(Rule):
         attrs = layer.call.attrs
         a_dtype, w_dtype = rz.act_dtype(layer), rz.weight_dtype(layer)
         x = rz.qin(layer.inputs[0], a_dtype)
-        w_scale, w_q = quantize_weight(layer.weight, w_dtype, rz.qconfig, axis=0)
+        w_scale, w_q, bias = layer_weight(layer, rz, axis=0, dtype=w_dtype)
         acc_dtype = "int32" if w_dtype == "int8" else "int64"
 
         data, padding = x.expr, [int(p) for p in attrs.padding]
@@ -54,7 +54,7 @@ class Conv2dRule(Rule):
         acc = rz.emit(relax.op.nn.conv2d(data, rz.const(w_q, w_dtype), strides=attrs.strides, padding=padding,
                                          dilation=attrs.dilation, groups=int(attrs.groups), out_dtype=acc_dtype), "conv")
         acc_scale = x.scale * w_scale.astype(np.float64)
-        bias_q = fold_bias(layer.bias, acc_scale, x.zp, w_q.reshape(w_q.shape[0], -1).sum(axis=1))
+        bias_q = fold_bias(bias, acc_scale, x.zp, w_q.reshape(w_q.shape[0], -1).sum(axis=1))
         acc = rz.emit(relax.op.add(acc, rz.const(bias_q.reshape(1, -1, 1, 1), acc_dtype)), "biased")
         if layer.attrs.get("float_out"):
             return rz.dequantize_acc(acc, acc_scale, layer, axis=1, ndim=4)

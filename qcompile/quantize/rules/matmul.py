@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fixed_point
-from ..weights import fold_bias, quantize_weight
+from ..weights import fold_bias, layer_weight, quantize_weight
 from ..layer import Layer, QTensor
 from . import Rule, register
 from ._fuse import absorb_activation, absorb_bias
@@ -69,11 +69,11 @@ class MatmulRule(Rule):
 
         a_dtype, w_dtype = rz.act_dtype(layer), rz.weight_dtype(layer)
         x = rz.qin(layer.inputs[0], a_dtype)
-        w_scale, w_q = quantize_weight(layer.weight, w_dtype, rz.qconfig, axis=1)
+        w_scale, w_q, bias = layer_weight(layer, rz, axis=1, dtype=w_dtype)
         acc_dtype = "int32" if w_dtype == "int8" else "int64"
         acc = rz.emit(relax.op.matmul(x.expr, rz.const(w_q, w_dtype), out_dtype=acc_dtype), "dense")
         acc_scale = x.scale * w_scale.astype(np.float64)
-        bias_q = fold_bias(layer.bias, acc_scale, x.zp, w_q.sum(axis=0))
+        bias_q = fold_bias(bias, acc_scale, x.zp, w_q.sum(axis=0))
         ndim = len(layer.out.ty.shape)
         acc = rz.emit(relax.op.add(acc, rz.const(bias_q, acc_dtype)), "biased")
         if layer.attrs.get("float_out"):
