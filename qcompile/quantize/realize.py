@@ -23,7 +23,7 @@ import numpy as np
 from . import fixed_point
 from .layer import QTensor
 from .observers import choose_qparams
-from .weights import quantize_weight
+from .weights import layer_weight, quantize_weight
 
 
 def realize(state):
@@ -130,6 +130,8 @@ class Realizer:
             if i == 0 and layer.weight is not None:
                 value = self._with_fake_weight(layer, value)
             self.float_map[b.var] = self.bb.emit(self._remap(value), name_hint=b.var.name)
+            if i == 0 and layer.weight is not None:
+                self._shift_by_bias_correction(layer, b.var)
         if not layer.attrs.get("float_out"):
             self.float_map[layer.out] = self._fake_quant(self.float_map[layer.out], layer.out, dtype)
             self.sim_dtype[layer.out] = dtype
@@ -142,6 +144,25 @@ class Realizer:
         s, z = relax.const(scale, "float32"), relax.const(zp, "int32")
         q = self.bb.emit(relax.op.quantize(expr, s, z, axis=-1, out_dtype=dtype), name_hint=var.name + "_fq")
         return self.bb.emit(relax.op.dequantize(q, s, z, axis=-1, out_dtype="float32"), name_hint=var.name + "_fdq")
+
+    def _shift_by_bias_correction(self, layer, var):
+        """Add (corrected bias - own bias) to the anchor's float result, as the integer layer folds it."""
+        from tvm import relax
+
+        axis = 0 if layer.op == "relax.nn.conv2d" else 1
+        _, _, bias = layer_weight(layer, self, axis=axis)
+        if bias is layer.bias:
+            return
+        delta = np.asarray(bias, np.float64) - (0.0 if layer.bias is None else np.asarray(layer.bias, np.float64))
+        ndim = len(var.ty.shape)
+        shape = [1] * ndim
+        shape[1 if layer.op == "relax.nn.conv2d" else ndim - 1] = -1
+        shift = self._gated(relax.const(delta.astype(np.float32).reshape(shape)))
+        self.float_map[var] = self.bb.emit(relax.op.add(self.float_map[var], shift), name_hint=var.name + "_bias_corrected")
+
+    def _gated(self, expr):
+        """A simulated quantization effect as it enters the model (a subclass may scale it by a gate)."""
+        return expr
 
     def _with_fake_weight(self, layer, call):
         import tvm

@@ -46,6 +46,11 @@ class GatedSimulation(Realizer):
         return self.emit(relax.op.add(expr, relax.op.multiply(self.gate, relax.op.subtract(fq, expr))),
                          var.name + "_gated")
 
+    def _gated(self, expr):
+        from tvm import relax
+
+        return relax.op.multiply(self.gate, expr)
+
     def _with_fake_weight(self, layer, call):
         import tvm
         from tvm import relax
@@ -55,7 +60,7 @@ class GatedSimulation(Realizer):
         for orig, new in zip(call.args, faked.args):
             if isinstance(orig, tvm.ir.expr.Constant) and not new.same_as(orig):
                 delta = (new.value.numpy().astype(np.float32) - orig.value.numpy().astype(np.float32))
-                new = self.emit(relax.op.add(orig, relax.op.multiply(self.gate, relax.const(delta))), "gated_weight")
+                new = self.emit(relax.op.add(orig, self._gated(relax.const(delta))), "gated_weight")
             args.append(new)
         return relax.Call(call.op, args, call.attrs, call.ty_args)
 

@@ -88,3 +88,18 @@ def test_output_shift_matches_a_direct_computation():
 def test_bias_correction_must_be_boolean():
     with pytest.raises(ConfigError, match="bias_correction"):
         QConfig.from_dict({"bias_correction": "no"}, source="q.yaml")
+
+
+def test_simulate_mode_applies_the_same_correction():
+    """Fake-quant simulation (what the sensitivity ranking runs) adds the same bias shift as realize folds."""
+    model, _, _ = depthwise_model()
+    calib, ev = positive_inputs(16, 1), positive_inputs(4, 2)
+    outs = {}
+    for mode in ("integer", "simulate"):
+        art = qcompile.compile(model, qconfig=QConfig(calib_method="minmax", safety_net=False, mode=mode), calib=calib)
+        outs[mode] = _run(art, ev["x"])[:, :, 1:-1, 1:-1]
+    gap = np.abs((outs["simulate"] - outs["integer"]).mean(axis=(0, 2, 3))).max()
+    plain = qcompile.compile(model, qconfig=QConfig(calib_method="minmax", safety_net=False, bias_correction=False),
+                             calib=calib)
+    shift = np.abs((_run(plain, ev["x"])[:, :, 1:-1, 1:-1] - outs["integer"]).mean(axis=(0, 2, 3))).max()
+    assert gap < shift / 5, (gap, shift)
