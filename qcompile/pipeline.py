@@ -195,13 +195,14 @@ def stage_offload(state: CompileState):
 
 def stage_lower(state: CompileState):
     """Split grouped convolutions per group, pack the dense and conv2d weights for the target's
-    dot-product intrinsics (none: a no-op), then legalize and fuse."""
+    dot-product intrinsics (none: a no-op), keep the tensors between packed convs channels-last, then
+    legalize and fuse."""
     from .intrin.pack import PackDenseWeights
     from .intrin.pack_conv import PackConvWeights
-    from .transform import SplitGroupedConv
+    from .transform import ChannelsLast, SplitGroupedConv
 
     split = SplitGroupedConv()
-    packs = [PackDenseWeights(state.target.intrinsics), PackConvWeights(state.target.intrinsics)]
+    packs = [PackDenseWeights(state.target.intrinsics), PackConvWeights(state.target.intrinsics), ChannelsLast()]
     state.mod = _apply([split] + packs + lower_passes(state.target.tvm()), state)
     if split.last_count:
         state.notes.append(f"{split.last_count} grouped conv2d split into one conv2d per group")

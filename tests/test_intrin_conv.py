@@ -254,7 +254,7 @@ def test_tuning_space_tensorizes_the_packed_conv(target, instruction):
     assert designs
     intrin = dot_intrin_for(spec.intrinsics, a_dtype, "int8")
     wp = pack_conv_weight(w, intrin.lanes, intrin.k)
-    want = reference.qconv2d(a, 0, w, 0, acc_dtype="int32")
+    want = np.ascontiguousarray(reference.qconv2d(a, 0, w, 0, acc_dtype="int32").transpose(0, 2, 3, 1))  # NHWC out
     for sch in designs:
         assert all(p.apply(sch) for p in space.postprocs)
         lib = tvm.compile(sch.mod, tvm_target)

@@ -9,7 +9,8 @@ epilogue. ``PackConvWeights`` (a Relax module pass, run in the ``lower`` stage n
     xt  = pad(permute_dims(x, NHWC), spatial padding, channels up to Cp)     (its own kernel)
     acc[n, y, x, o] = sum_{kh, kw, c < Cp} int32(xt[n, y*sh + kh*dh, x*sw + kw*dw, c])
                                          * int32(Wp[o / lanes, kh, kw, c / k, o % lanes, c % k])
-    out[n, o, y, x] = acc[n, y, x, o]                                          (o < O)
+    out[n, y, x, o] = acc[n, y, x, o]                                          (o < O)
+    permute_dims(out, NCHW)                                                    (Relax, after the call)
 
 with ``Wp[O/lanes, KH, KW, Cp/k, lanes, k]`` the weights packed once, zero-padded to whole blocks.
 The reduction block carries ``qcompile.dot_intrin`` = the intrinsic's name, exactly as a packed dense
@@ -26,17 +27,18 @@ Design, and why:
   KH*KW times larger copy of every activation per layer first.
 * **The weight layout** ``[O/lanes, KH, KW, C/k, lanes, k]`` is the O-blocked one of TVM's x86
   ``conv2d_NCHWc_int8``: one vector load per intrinsic call, walked in order over the reduction.
-* **The accumulator is NHWC** (output channels innermost, like the dense's ``[.., N]``): one
-  intrinsic call fills one register of consecutive output channels. The ``out`` stage that writes
-  NCHW back is inlined into the fused requantize epilogue, which the schedule runs per register
-  tile, so the int32 accumulators never go through memory in NHWC.
-* **Activation layout: a transpose per layer (first step).** Every other integer op (requantize,
-  ReLU, residual add, pooling, concat) and the quantize rules stay NCHW, so each packed conv
-  transposes its int8/uint8 input to NHWC in a kernel of its own (fused with the zero-point padding
-  realize emits). That costs one pass over the 8-bit input per conv, small next to the conv itself,
-  and was measured (docs/tuning.md). Keeping whole integer regions channels-last (converting once at
-  the boundary) is the next step: TVM's ``ConvertLayout`` stops at ``clip`` and ``nn.pad``, which
-  the requantize chain and realize's padding use, so it needs layout rules for those first.
+* **The accumulator and the output are NHWC** (output channels innermost, like the dense's
+  ``[.., N]``): one intrinsic call fills one register of consecutive output channels, and the fused
+  requantize epilogue, which the schedule runs per register tile, reads and writes whole vectors.
+* **Activation layout: channels-last between packed convs.** The conv hands its result back as
+  ``permute_dims(out, NCHW)`` and reads its input through ``permute_dims(x, NHWC)``;
+  ``transform.ChannelsLast`` (run right after this pass) moves the first down through the
+  requantize epilogue, residual adds, pooling and channel concats and cancels it against the second.
+  What it cannot move past stays one transpose at the integer region's exit. Without it each conv
+  wrote its output transposed (one byte per channel, H*W bytes apart) and each next conv transposed
+  it back: a 1x1 64->256 conv at 56x56 with its epilogue took 1.26 ms that way, 0.43 ms channels-last
+  (x86_vnni, 1 thread). TVM's ``ConvertLayout`` stops at ``clip`` and ``nn.pad``, which the requantize
+  chain and realize's padding use, hence a pass of our own.
 * **Grouped and depthwise convs stay on the existing path** (``TiledReduction``): each output
   channel reduces over only C/groups inputs, so there is no k-channel dot product across lanes.
   So do int16 layers (no 8-bit intrinsic), non-constant weights, and convs already in another
@@ -65,7 +67,7 @@ def pack_conv_weight(w: np.ndarray, lanes: int, k: int) -> np.ndarray:
 
 def packed_conv_te(x, wp, out_channels: int, strides, dilation, intrin_name: str):
     """The TE compute of the packed conv: x [N, H, W, Cp] (channels-last, already padded) times Wp ->
-    int32 [N, out_channels, OH, OW] (see the module doc)."""
+    int32 [N, OH, OW, out_channels], channels-last (see the module doc)."""
     from tvm import te
 
     blocks_o, kh, kw, blocks_c, lanes, kb = (int(d) for d in wp.shape)
@@ -84,7 +86,7 @@ def packed_conv_te(x, wp, out_channels: int, strides, dilation, intrin_name: str
         return te.sum(a * wp[o // lanes, rh, rw, rc // kb, o % lanes, rc % kb].astype("int32"), axis=[rh, rw, rc])
 
     acc = te.compute([n, oh, ow, blocks_o * lanes], dot, name="qcompile_packed_conv", attrs={ANNOTATION: intrin_name})
-    return te.compute([n, out_channels, oh, ow], lambda b, o, y, z: acc[b, y, z, o], name="qcompile_conv_nchw")
+    return te.compute([n, oh, ow, out_channels], lambda b, y, z, o: acc[b, y, z, o], name="qcompile_conv_nhwc")
 
 
 def _static_shape(expr):
@@ -152,10 +154,12 @@ def PackConvWeights(intrinsics):  # noqa: N802 - a pass factory, as TVM names th
                 xt = self.builder_.emit(relax.op.nn.pad(xt, [0, 0, top, bottom, left, right, 0, extra_c]),
                                         "x_nhwc_pad")
             self.packed += 1
-            return self.builder_.call_te(packed_conv_te, xt, relax.const(wp), out_channels,
-                                         [int(s) for s in call.attrs.strides],
-                                         [int(d) for d in call.attrs.dilation], intrin.name,
-                                         primfunc_name_hint="qcompile_packed_conv")
+            out = self.builder_.emit(self.builder_.call_te(packed_conv_te, xt, relax.const(wp), out_channels,
+                                                           [int(s) for s in call.attrs.strides],
+                                                           [int(d) for d in call.attrs.dilation], intrin.name,
+                                                           primfunc_name_hint="qcompile_packed_conv"), "conv_nhwc")
+            # NCHW for the ops after it; transform.ChannelsLast moves this transpose down and cancels it
+            return relax.op.permute_dims(out, [0, 3, 1, 2])
 
     @tvm.transform.module_pass(opt_level=0, name="qcompile.PackConvWeights")
     def pack(mod, _ctx):
