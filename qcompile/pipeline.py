@@ -110,7 +110,9 @@ def stage_annotate(state: CompileState):
     state.quant_info["plan"] = annotate.annotate(state.mod, qconfig, state.target,
                                                  state.quant_info.get("precision_overrides"),
                                                  state.quant_info["source_names"])
-    state.quant_info["plan"].input_means = state.quant_info.get("input_means", {})  # kept by a re-annotate
+    from .quantize.calibrate import carry_over
+
+    carry_over(state.quant_info["plan"], state.quant_info)  # a re-annotate keeps what calibration decided
 
 
 def _source_names(model) -> dict:
@@ -163,6 +165,7 @@ def stage_realize(state: CompileState):
         "kept_fp32_by_rule": state.quant_info.get("kept_float", {}),
         "calibration_samples": state.quant_info.get("num_calib_samples"),
         "safety_net": state.quant_info.get("safety_net"),
+        "smoothing": state.quant_info.get("smoothing"),   # per dense input: alpha, errors, per-token choice
     }
     if state.quant_info.get("want_report"):
         from .quantize.report import layer_report

@@ -190,8 +190,12 @@ def calibrate(state) -> dict:
         if smoother.smoothed:
             plan = _smoothed_plan(state, smoother)
             state.notes.append(smoother.note())
+        if smoother.dynamic:
+            state.quant_info["dynamic_anchors"] = {layer.anchor for g in smoother.dynamic for layer in g.layers}
+            state.notes.append(smoother.dynamic_note())
     if means is not None:
-        plan.input_means = state.quant_info["input_means"] = means.means()
+        state.quant_info["input_means"] = means.means()
+    carry_over(plan, state.quant_info)
     if qconfig.calib_method == "auto":
         ranges, choice = range_search.search(plan, qconfig, observers, state.model.inputs, data, n,
                                              progress=state.progress)
@@ -201,6 +205,16 @@ def calibrate(state) -> dict:
     state.quant_info["num_calib_samples"] = n
     state.quant_info["full_ranges"] = full
     return ranges
+
+
+def carry_over(plan, quant_info: dict) -> None:
+    """What calibration decided about the plan's layers, onto `plan` (again after every re-annotate):
+    the input means of bias correction and the layers that take per-token dynamic scales."""
+    plan.input_means = quant_info.get("input_means", {})
+    dynamic = quant_info.get("dynamic_anchors", ())
+    for layer in plan.layers:
+        if layer.anchor in dynamic:
+            layer.attrs["dynamic"] = True
 
 
 def _smoothed_plan(state, smoother) -> QuantPlan:

@@ -26,6 +26,7 @@ Example qconfig.yaml::
                                # float(acc) * scale, an add/multiply/table only float ops read stays fp32
     smoothing: true            # int8: SmoothQuant for dense layers whose input has outlier channels (alpha measured)
     bias_correction: true      # conv/dense bias minus the weight codes' mean output error on calibration inputs
+    dynamic_tokens: true       # int8: dense layers whose static scale fails (per-token error) get run-time scales
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class QConfig:
     float_outputs: bool = True  # integer regions end in float (no requantize + dequantize at their exits)
     smoothing: bool = True     # int8: move dense layers' activation outlier channels into their weights
     bias_correction: bool = True  # subtract the weight codes' mean output error from conv/dense biases
+    dynamic_tokens: bool = True   # int8: dense layers whose static activation scale fails get per-token run-time scales
     source: str = ""
 
     def __post_init__(self):
@@ -90,7 +92,7 @@ class QConfig:
             raise ConfigError(f"{where}'fallback' must be int16 or fp32, got {self.fallback!r}")
         if self.budget is not None:
             _check_budget(self.budget, where)
-        for key in ("safety_net", "smoothing", "float_outputs", "bias_correction"):
+        for key in ("safety_net", "smoothing", "float_outputs", "bias_correction", "dynamic_tokens"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{where}'{key}' must be true or false, got {getattr(self, key)!r}")
         for key in ("num_samples", "batch_size"):

@@ -95,7 +95,7 @@ class Realizer:
                 return
             if q is not None:  # an integer kernel with a float result (dynamic quantization, float_out)
                 self.float_map[layer.out] = q
-                self.realized[layer.name] = "dynamic-int8" if self.qconfig.is_dynamic else self.act_dtype(layer)
+                self.realized[layer.name] = "dynamic-int8" if self.is_dynamic(layer) else self.act_dtype(layer)
                 return
         for b in (layer.bindings if layer is not None else [binding]):
             self.float_map[b.var] = self.bb.emit(self._remap(b.value), name_hint=b.var.name)
@@ -123,8 +123,14 @@ class Realizer:
                 self.realized[layer.name] = f"sim-{src}"
             return
         dtype = self.act_dtype(layer)
-        for v in layer.inputs:
-            self.float_map[v] = self._fake_quant(self.float_of(v), v, dtype)
+        dynamic = self.is_dynamic(layer)
+        own = {}  # a dynamic layer's run-time fake quantization is its own, not its inputs' other readers'
+        for k, v in enumerate(layer.inputs):
+            fq = self._fake_quant(self.float_of(v), v, dtype, dynamic_axis=(-1 if k == 0 else -2) if dynamic else None)
+            if dynamic:
+                own[v], self.float_map[v] = self.float_map.get(v), fq
+            else:
+                self.float_map[v] = fq
         for i, b in enumerate(layer.bindings):
             value = b.value
             if i == 0 and layer.weight is not None:
@@ -132,14 +138,27 @@ class Realizer:
             self.float_map[b.var] = self.bb.emit(self._remap(value), name_hint=b.var.name)
             if i == 0 and layer.weight is not None:
                 self._shift_by_bias_correction(layer, b.var)
+        for v, before in own.items():
+            if before is None:
+                del self.float_map[v]
+            else:
+                self.float_map[v] = before
+        if dynamic:
+            self.realized[layer.name] = "sim-dynamic-int8"
+            return
         if not layer.attrs.get("float_out"):
             self.float_map[layer.out] = self._fake_quant(self.float_map[layer.out], layer.out, dtype)
             self.sim_dtype[layer.out] = dtype
         self.realized[layer.name] = f"sim-{dtype}"
 
-    def _fake_quant(self, expr, var, dtype):
+    def _fake_quant(self, expr, var, dtype, dynamic_axis=None):
+        """quantize -> dequantize on var's calibrated grid, or (dynamic_axis) on symmetric int8 scales from
+        max|x| along that axis at run time, as ``dynamic_quantize`` computes them."""
         from tvm import relax
 
+        if dynamic_axis is not None:
+            codes, scale = self._dynamic_codes(expr, dynamic_axis)
+            return self.emit(relax.op.multiply(codes, scale), var.name + "_dyn_fq")
         scale, zp = self.qparams(var, dtype)
         s, z = relax.const(scale, "float32"), relax.const(zp, "int32")
         q = self.bb.emit(relax.op.quantize(expr, s, z, axis=-1, out_dtype=dtype), name_hint=var.name + "_fq")
@@ -206,23 +225,34 @@ class Realizer:
         return var  # a function parameter
 
     # ------------------------------------------------------------------ integer side
+    def is_dynamic(self, layer) -> bool:
+        """Activation scales computed at run time: every matmul in dynamic mode, or a layer calibration
+        found static scales fail on (``layer.attrs["dynamic"]``, see smooth.Smoother)."""
+        return self.qconfig.is_dynamic or bool(layer.attrs.get("dynamic"))
+
     def act_dtype(self, layer) -> str:
         return "int16" if layer.precision == "int16" else self.qconfig.activation_dtype
 
     def weight_dtype(self, layer) -> str:
         return "int16" if layer.precision == "int16" else self.qconfig.weight_dtype
 
-    def dynamic_quantize(self, var):
-        """Quantize a float tensor to symmetric int8 with a scale computed at run time from max|x|.
-        Returns (codes, scale expr)."""
+    def dynamic_quantize(self, var, axis: int = -1):
+        """Quantize a float tensor to symmetric int8 with scales computed at run time from max|x| along
+        `axis`: per token (row) for axis -1, per column for axis -2 (a matmul's right operand).
+        Returns (codes, scale expr shaped to broadcast against the matmul's result)."""
         from tvm import relax
 
-        x = self.float_of(var)
-        amax = self.emit(relax.op.max(relax.op.abs(x)), "amax")
+        codes, scale = self._dynamic_codes(self.float_of(var), axis)
+        return self.emit(relax.op.astype(codes, "int8"), "dyn_q"), scale
+
+    def _dynamic_codes(self, x, axis: int):
+        """(round(x / s) clipped to +-127 as a float expr, s = max(max|x| along axis, 1e-12) / 127)."""
+        from tvm import relax
+
+        amax = self.emit(relax.op.max(relax.op.abs(x), axis=[axis], keepdims=True), "amax")
         scale = self.emit(relax.op.divide(relax.op.maximum(amax, relax.const(1e-12, "float32")),
                                           relax.const(127.0, "float32")), "dyn_scale")
-        codes = self.emit(relax.op.quantize(x, scale, relax.const(0, "int32"), axis=-1, out_dtype="int8"), "dyn_q")
-        return codes, scale
+        return relax.op.clip(relax.op.round(relax.op.divide(x, scale)), -127, 127), scale
 
     def integer(self, var):
         """The QTensor of an original var if it already lives in the integer domain."""

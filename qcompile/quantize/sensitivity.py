@@ -39,10 +39,10 @@ class GatedSimulation(Realizer):
                               f"gate_{layer.name}")
         super()._simulate(layer)
 
-    def _fake_quant(self, expr, var, dtype):
+    def _fake_quant(self, expr, var, dtype, dynamic_axis=None):
         from tvm import relax
 
-        fq = super()._fake_quant(expr, var, dtype)
+        fq = super()._fake_quant(expr, var, dtype, dynamic_axis)
         return self.emit(relax.op.add(expr, relax.op.multiply(self.gate, relax.op.subtract(fq, expr))),
                          var.name + "_gated")
 

@@ -40,10 +40,15 @@ MIN_GAIN = 0.8         # smooth only when the error drops below this fraction of
 MIN_RATIO = 4.0        # ... and it has outlier channels: max over channels of median|x_k| / their median >= this
 
 
+DYNAMIC_ABOVE = 0.02   # per-token dynamic scales when the static per-token error (mean over rows) is above this
+DYNAMIC_GAIN = 0.25    # ... and run-time per-token scales cut it to below this fraction
+
+
 def applies(qconfig, state) -> bool:
-    """Static int8 with smoothing on, on a model that is not pre-quantized."""
-    return (bool(getattr(qconfig, "smoothing", False)) and qconfig.precision == "int8" and not qconfig.is_dynamic
-            and not qconfig.is_float and not state.quant_info.get("fixed_qparams"))
+    """Static int8 with smoothing or per-token fallback on, on a model that is not pre-quantized."""
+    wanted = bool(getattr(qconfig, "smoothing", False)) or bool(getattr(qconfig, "dynamic_tokens", False))
+    return (wanted and qconfig.precision == "int8" and not qconfig.is_dynamic and not qconfig.is_float
+            and not state.quant_info.get("fixed_qparams"))
 
 
 @dataclass(eq=False)
@@ -58,6 +63,7 @@ class Group:
     factors: np.ndarray | None = None   # s (x_s = x / s); None: not smoothed
     smoothed: object = None          # the relax.Var of x / s
     errors: dict = field(default_factory=dict)
+    dynamic: bool = False            # static scales fail on x: its dense layers take per-token run-time scales
 
     def weight(self) -> np.ndarray:
         """The consumers' weights side by side: [K, sum N]."""
@@ -118,26 +124,41 @@ class Smoother:
                 continue
             x = np.concatenate(g.rows, axis=0)
             w = g.weight()
-            # Systematic outlier channels (large on every row) are what smoothing fixes; rare spikes that
-            # land in random channels are not: their factors would not hold on unseen rows, and a spike
-            # in a channel the statistics saw as quiet would be amplified. So the test is on each channel's
-            # median |x|, which rare spikes do not move.
-            typical = np.median(np.abs(x), axis=0)
-            ratio = float(typical.max() / max(np.median(typical), 1e-12))
-            if ratio < MIN_RATIO:
-                report[g.var.name] = {"alpha": 0.0, "outlier_ratio": round(ratio, 2)}
-                continue
-            errors = {a: self._error(x, w, g.absmax, a) for a in ALPHAS}
-            best = min(errors, key=lambda a: (errors[a], a))
-            g.errors = errors
-            if best > 0 and errors[best] < MIN_GAIN * errors[0.0]:
-                g.alpha = best
-                g.factors = factors(g.absmax, w, best)
-                g.smoothed = relax.DataflowVar(g.var.name + "_smoothed", g.var.ty)
-            report[g.var.name] = {"alpha": g.alpha, "outlier_ratio": round(ratio, 2),
-                                  "error": {str(a): round(float(e), 6) for a, e in errors.items()}}
+            row = report[g.var.name] = {"alpha": 0.0}
+            if getattr(self.qconfig, "smoothing", False):
+                self._choose_alpha(g, x, w, row)
+            if getattr(self.qconfig, "dynamic_tokens", False):
+                # after smoothing: a dense layer leaves static int8 only where even the smoothed input fails
+                s = g.factors if g.factors is not None else np.ones(w.shape[0], np.float32)
+                static, dynamic = self._token_errors((x / s).astype(np.float32), (w * s[:, None]).astype(np.float32), x, w)
+                row["token_error"] = {"static": round(static, 6), "dynamic": round(dynamic, 6)}
+                if static > DYNAMIC_ABOVE and dynamic < DYNAMIC_GAIN * static:
+                    g.dynamic, g.alpha, g.factors, g.smoothed = True, 0.0, None, None
+                    row.update(alpha=0.0, dynamic=True)
         self.report = report
         return report
+
+    def _choose_alpha(self, g, x, w, row: dict) -> None:
+        from tvm import relax
+
+        # Systematic outlier channels (large on every row) are what smoothing fixes; rare spikes that
+        # land in random channels are not: their factors would not hold on unseen rows, and a spike
+        # in a channel the statistics saw as quiet would be amplified. So the test is on each channel's
+        # median |x|, which rare spikes do not move.
+        typical = np.median(np.abs(x), axis=0)
+        ratio = float(typical.max() / max(np.median(typical), 1e-12))
+        row["outlier_ratio"] = round(ratio, 2)
+        if ratio < MIN_RATIO:
+            return
+        errors = {a: self._error(x, w, g.absmax, a) for a in ALPHAS}
+        best = min(errors, key=lambda a: (errors[a], a))
+        g.errors = errors
+        if best > 0 and errors[best] < MIN_GAIN * errors[0.0]:
+            g.alpha = best
+            g.factors = factors(g.absmax, w, best)
+            g.smoothed = relax.DataflowVar(g.var.name + "_smoothed", g.var.ty)
+        row["alpha"] = g.alpha
+        row["error"] = {str(a): round(float(e), 6) for a, e in errors.items()}
 
     def note(self) -> str:
         done = self.smoothed
@@ -145,6 +166,15 @@ class Smoother:
         more = f" and {len(done) - 4} more" if len(done) > 4 else ""
         return (f"smoothing: {len(done)} of {len(self.groups)} dense-layer input(s) had their outlier channels "
                 f"moved into the weights: {alphas}{more}")
+
+    def dynamic_note(self) -> str:
+        done = self.dynamic
+        names = ", ".join(f"{g.var.name} ({len(g.layers)} layer(s), per-token error "
+                          f"{self.report[g.var.name]['token_error']['static']:.3g} static -> "
+                          f"{self.report[g.var.name]['token_error']['dynamic']:.3g})" for g in done[:4])
+        more = f" and {len(done) - 4} more" if len(done) > 4 else ""
+        return (f"per-token dynamic int8: static scales fail on {len(done)} of {len(self.groups)} dense-layer "
+                f"input(s), which get run-time scales per token: {names}{more}")
 
     def _error(self, x, w, absmax, alpha) -> float:
         """Relative error of the quantized product (x/s) @ (s W) against x @ W."""
@@ -161,6 +191,34 @@ class Smoother:
             xd = dequantize(quantize(xs, scale, zp, dtype), scale, zp)
             best = min(best, float(((xd @ wd - ref) ** 2).sum()))
         return best / max(float((ref ** 2).sum()), 1e-30)
+
+    def _token_errors(self, xs, ws, x, w) -> tuple[float, float]:
+        """Mean over rows (tokens) of each row's relative output error: (static per-tensor scale on the
+        layer's static input xs with weight ws, best of the clipping ratios; per-token run-time scales on
+        x with w). Per row, because a row whose values are small next to the tensor's range keeps few int8
+        steps, and a LayerNorm or softmax downstream makes every row count alike, however small."""
+        ref = x @ w
+        norms = np.maximum((ref ** 2).sum(axis=1), 1e-30)
+
+        def row_error(xd, weight):
+            return float(np.mean(((xd @ weight - ref) ** 2).sum(axis=1) / norms))
+
+        def codes_of(weight):
+            w_scale, w_q = quantize_weight(weight, "int8", self.qconfig, axis=1)
+            return dequantize(w_q, w_scale, 0, axis=1)
+
+        dtype, wsd = self.qconfig.activation_dtype, codes_of(ws)
+        lo, hi = float(xs.min()), float(xs.max())
+        static = min(row_error(dequantize(quantize(xs, *qp, dtype), *qp), wsd)
+                     for qp in (choose_qparams(lo * r, hi * r, dtype, bool(self.qconfig.symmetric_activations))
+                                for r in CLIP_RATIOS))
+        s = np.maximum(np.abs(x).max(axis=1, keepdims=True), 1e-12) / 127.0
+        dynamic = row_error(np.clip(np.round(x / s), -127, 127) * s, codes_of(w))
+        return static, dynamic
+
+    @property
+    def dynamic(self) -> list[Group]:
+        return [g for g in self.groups if g.dynamic]
 
     @property
     def smoothed(self) -> list[Group]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fixed_point
-from ..weights import fold_bias, layer_weight, quantize_weight
+from ..weights import fold_bias, layer_weight
 from ..layer import Layer, QTensor
 from . import Rule, register
 from ._fuse import absorb_activation, absorb_bias
@@ -40,28 +40,30 @@ class MatmulRule(Rule):
         return None
 
     def realize(self, layer, rz):
-        if rz.qconfig.is_dynamic:
+        if rz.is_dynamic(layer):
             return self._dynamic(layer, rz)
         return self._dense(layer, rz) if layer.weight is not None else self._batched(layer, rz)
 
     def _dynamic(self, layer, rz):
-        """int8 x int8 -> int32 with run-time activation scales; the result is float:
-        y = float(acc) * (s_x * s_w[n]) + bias, then the fused ReLU/clip in float."""
+        """int8 x int8 -> int32 with run-time activation scales, one per token (row of x; column of a
+        right operand); the result is float: y = float(acc) * (s_x[t] * s_w[n]) + bias, then the fused
+        ReLU/clip in float."""
         import numpy as np
         from tvm import relax
 
+        bias = layer.bias
         if layer.weight is not None:
-            x_q, sx = rz.dynamic_quantize(layer.inputs[0])
-            w_scale, w_q = quantize_weight(layer.weight, "int8", rz.qconfig, axis=1)
+            x_q, sx = rz.dynamic_quantize(layer.inputs[0], axis=-1)
+            w_scale, w_q, bias = layer_weight(layer, rz, axis=1, dtype="int8")
             acc = rz.emit(relax.op.matmul(x_q, rz.const(w_q, "int8"), out_dtype="int32"), "dyn_dense")
             scale = rz.emit(relax.op.multiply(sx, rz.const(w_scale.astype(np.float32), "float32")), "acc_scale")
         else:
-            (a_q, sa), (b_q, sb) = (rz.dynamic_quantize(v) for v in layer.inputs)
+            (a_q, sa), (b_q, sb) = rz.dynamic_quantize(layer.inputs[0], axis=-1), rz.dynamic_quantize(layer.inputs[1], axis=-2)
             acc = rz.emit(relax.op.matmul(a_q, b_q, out_dtype="int32"), "dyn_bmm")
             scale = rz.emit(relax.op.multiply(sa, sb), "acc_scale")
         y = rz.emit(relax.op.multiply(relax.op.astype(acc, "float32"), scale), "dequant")
-        if layer.bias is not None:
-            y = rz.emit(relax.op.add(y, rz.const(layer.bias.astype(np.float32), "float32")), "biased")
+        if bias is not None:
+            y = rz.emit(relax.op.add(y, rz.const(np.asarray(bias, np.float32), "float32")), "biased")
         return rz.float_clip(y, layer.clip)
 
     def _dense(self, layer, rz):
