@@ -109,7 +109,8 @@ def stage_annotate(state: CompileState):
     state.quant_info["source_names"] = _source_names(state.model)
     state.quant_info["plan"] = annotate.annotate(state.mod, qconfig, state.target,
                                                  state.quant_info.get("precision_overrides"),
-                                                 state.quant_info["source_names"])
+                                                 state.quant_info["source_names"],
+                                                 state.quant_info.get("float_vars", ()))
     from .quantize.calibrate import carry_over
 
     carry_over(state.quant_info["plan"], state.quant_info)  # a re-annotate keeps what calibration decided

@@ -101,13 +101,15 @@ class QuantPlan:
 
 
 def annotate(mod, qconfig, target=None, precision_overrides: dict | None = None,
-             source_names: dict | None = None) -> QuantPlan:
+             source_names: dict | None = None, float_vars=()) -> QuantPlan:
     """Build the quantization plan for mod["main"].
 
-    source_names -- {relax var name: [names in the source model]}: keep_* patterns match these too."""
+    source_names -- {relax var name: [names in the source model]}: keep_* patterns match these too.
+    float_vars -- bindings that stay float and make no layer (smoothing's ``x * (1/s)``: the activation is
+                  quantized after it, on its flattened channels, not before)."""
     func = mod["main"]
     graph = Graph(func)
-    taken, layers, counts = set(), [], Counter()
+    taken, layers, counts = set(float_vars), [], Counter()
     for b in graph.bindings:
         if b.var in taken or not _is_call(b.value):
             continue

@@ -145,7 +145,7 @@ def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: d
         for obs, (i, xs, inv) in zip(tap_observers, taps):
             obs.update(outs[i].numpy() * inv)
             if means is not None:
-                means.update(xs, outs[i].numpy(), factor=inv)
+                means.update(xs, outs[i].numpy(), factor=inv.reshape(-1))
     tensors = tensors + [xs for _, xs, _ in taps]
     observers = observers + tap_observers
     ranges = {v: tuple(obs.compute_range()) for v, obs in zip(tensors, observers)}
@@ -224,6 +224,7 @@ def _smoothed_plan(state, smoother) -> QuantPlan:
 
     state.mod = smoother.rewrite(state.mod)
     info = state.quant_info
+    info["float_vars"] = {g.smoothed for g in smoother.smoothed}
     info["plan"] = annotate(state.mod, info["qconfig"], state.target, info.get("precision_overrides"),
-                            info.get("source_names"))
+                            info.get("source_names"), info["float_vars"])
     return info["plan"]

@@ -53,10 +53,12 @@ def applies(qconfig, state) -> bool:
 
 @dataclass(eq=False)
 class Group:
-    """One activation and the dense layers reading it."""
+    """One activation and the dense layers (kind "dense") or convolutions ("pointwise": 1x1, "depthwise")
+    reading it."""
 
     var: object                      # the activation (relax.Var)
-    layers: list                     # dense Layers (constant 2-D weight) reading it
+    layers: list                     # Layers with a constant weight reading it, all of one kind
+    kind: str = "dense"
     absmax: np.ndarray | None = None  # per input channel, over calibration rows
     rows: list = field(default_factory=list)
     alpha: float = 0.0
@@ -65,20 +67,91 @@ class Group:
     errors: dict = field(default_factory=dict)
     dynamic: bool = False            # static scales fail on x: its dense layers take per-token run-time scales
 
+    @property
+    def axis(self) -> int:
+        """x's channel axis: last for dense inputs, 1 for NCHW convolution inputs."""
+        return -1 if self.kind == "dense" else 1
+
     def weight(self) -> np.ndarray:
-        """The consumers' weights side by side: [K, sum N]."""
-        return np.concatenate([layer.weight for layer in self.layers], axis=1)
+        """The consumers' weights as one [input channel, *] matrix: dense [K, sum N]; pointwise [C, sum O];
+        depthwise [C, multiplier * kh * kw] (each input channel's own filters)."""
+        if self.kind == "dense":
+            return np.concatenate([layer.weight for layer in self.layers], axis=1)
+        if self.kind == "pointwise":
+            return np.concatenate([layer.weight[:, :, 0, 0].T for layer in self.layers], axis=1)
+        c = self.layers[0].weight.shape[0] // _multiplier(self.layers[0])
+        return np.concatenate([layer.weight.reshape(c, -1) for layer in self.layers], axis=1)
+
+    def scaled_weight(self, layer, factors) -> np.ndarray:
+        """`layer`'s weight with input channel k scaled by factors[k] (what it gets when it reads x / s)."""
+        f = factors.astype(np.float64)
+        if self.kind == "dense":
+            return (layer.weight.astype(np.float64) * f[:, None]).astype(np.float32)
+        if self.kind == "pointwise":
+            return (layer.weight.astype(np.float64) * f[None, :, None, None]).astype(np.float32)
+        per_out = np.repeat(f, _multiplier(layer))      # output channel o reads input channel o // multiplier
+        return (layer.weight.astype(np.float64) * per_out[:, None, None, None]).astype(np.float32)
+
+
+def _multiplier(layer) -> int:
+    """A depthwise conv's output channels per input channel."""
+    return layer.weight.shape[0] // int(layer.call.attrs.groups)
+
+
+def conv_kind(layer) -> str | None:
+    """"pointwise" (1x1, one group), "depthwise" (a group per input channel) or None for another conv."""
+    w, attrs = layer.weight, layer.call.attrs
+    if w is None or w.ndim != 4 or attrs.data_layout != "NCHW":
+        return None
+    groups = int(attrs.groups)
+    if groups == 1 and w.shape[2:] == (1, 1):
+        return "pointwise"
+    if groups > 1 and w.shape[1] == 1 and w.shape[0] % groups == 0 and int(layer.inputs[0].ty.shape[1]) == groups:
+        return "depthwise"
+    return None
 
 
 def groups_of(plan) -> list[Group]:
-    """Activations read by int8 dense layers (matmul with a constant [K, N] weight)."""
+    """Activations read by int8 dense layers (matmul with a constant [K, N] weight), and float activations
+    (made by a float op: the scaling joins that op's kernel, no integer layer gets a float op after it)
+    read only by int8 pointwise or depthwise convolutions."""
     found: dict = {}
     for layer in plan.layers:
-        if layer.op != "relax.matmul" or layer.weight is None or layer.precision != "int8":
+        if layer.weight is None or layer.precision != "int8":
             continue
-        x = layer.inputs[0]
-        found.setdefault(x, Group(var=x, layers=[])).layers.append(layer)
-    return list(found.values())
+        if layer.op == "relax.matmul":
+            kind = "dense"
+        elif layer.op == "relax.nn.conv2d":
+            kind = conv_kind(layer) or "other"
+        else:
+            continue
+        found.setdefault(layer.inputs[0], []).append((kind, layer))
+    integer_out = {layer.out for layer in plan.layers if layer.precision != "fp32" and layer.name not in plan.kept_float}
+    graph_readers = _reader_counts(plan.func)
+    groups = []
+    for x, items in found.items():
+        kinds = {k for k, _ in items}
+        if kinds == {"dense"}:
+            groups.append(Group(var=x, layers=[layer for _, layer in items]))
+        elif len(kinds) == 1 and kinds <= {"pointwise", "depthwise"} and x not in integer_out \
+                and graph_readers.get(x, 0) == len(items):
+            groups.append(Group(var=x, layers=[layer for _, layer in items], kind=kinds.pop()))
+    return groups
+
+
+def _reader_counts(func) -> dict:
+    from collections import Counter
+
+    from tvm import relax
+
+    counts = Counter()
+    for block in func.body.blocks:
+        for b in block.bindings:
+            for v in relax.analysis.free_vars(b.value):
+                counts[v] += 1
+    for v in relax.analysis.free_vars(func.body.body):
+        counts[v] += 1
+    return counts
 
 
 class Smoother:
@@ -100,9 +173,12 @@ class Smoother:
             if i is None:
                 continue
             a = outs[i].numpy() if hasattr(outs[i], "numpy") else np.asarray(outs[i])
+            a = np.moveaxis(a, g.axis, -1)
             rows = a.reshape(-1, a.shape[-1]).astype(np.float32)
             m = np.abs(rows).max(axis=0)
             g.absmax = m if g.absmax is None else np.maximum(g.absmax, m)
+            if g.kind != "dense":  # pixels: a spread sample of each image, not its first rows
+                rows = rows[:: max(1, len(rows) // 256)]
             if sum(len(r) for r in g.rows) < MAX_ROWS:
                 g.rows.append(rows[: MAX_ROWS - sum(len(r) for r in g.rows)])
 
@@ -127,7 +203,7 @@ class Smoother:
             row = report[g.var.name] = {"alpha": 0.0}
             if getattr(self.qconfig, "smoothing", False):
                 self._choose_alpha(g, x, w, row)
-            if getattr(self.qconfig, "dynamic_tokens", False):
+            if getattr(self.qconfig, "dynamic_tokens", False) and g.kind == "dense":
                 # after smoothing: a dense layer leaves static int8 only where even the smoothed input fails
                 s = g.factors if g.factors is not None else np.ones(w.shape[0], np.float32)
                 static, dynamic = self._token_errors((x / s).astype(np.float32), (w * s[:, None]).astype(np.float32), x, w)
@@ -150,7 +226,9 @@ class Smoother:
         row["outlier_ratio"] = round(ratio, 2)
         if ratio < MIN_RATIO:
             return
-        errors = {a: self._error(x, w, g.absmax, a) for a in ALPHAS}
+        # depthwise filters are scaled per channel for free, so full flattening (alpha 1) is a candidate too
+        alphas = ALPHAS + ((1.0,) if g.kind == "depthwise" else ())
+        errors = {a: self._error(x, w, g.absmax, a, g.kind) for a in alphas}
         best = min(errors, key=lambda a: (errors[a], a))
         g.errors = errors
         if best > 0 and errors[best] < MIN_GAIN * errors[0.0]:
@@ -164,8 +242,8 @@ class Smoother:
         done = self.smoothed
         alphas = ", ".join(f"{g.var.name} (alpha {g.alpha}, {len(g.layers)} layer(s))" for g in done[:4])
         more = f" and {len(done) - 4} more" if len(done) > 4 else ""
-        return (f"smoothing: {len(done)} of {len(self.groups)} dense-layer input(s) had their outlier channels "
-                f"moved into the weights: {alphas}{more}")
+        return (f"smoothing: {len(done)} of {len(self.groups)} dense/pointwise/depthwise input(s) had their outlier "
+                f"channels moved into the weights: {alphas}{more}")
 
     def dynamic_note(self) -> str:
         done = self.dynamic
@@ -176,21 +254,31 @@ class Smoother:
         return (f"per-token dynamic int8: static scales fail on {len(done)} of {len(self.groups)} dense-layer "
                 f"input(s), which get run-time scales per token: {names}{more}")
 
-    def _error(self, x, w, absmax, alpha) -> float:
-        """Relative error of the quantized product (x/s) @ (s W) against x @ W."""
+    def _error(self, x, w, absmax, alpha, kind: str = "dense") -> float:
+        """Relative error of the quantized product (x/s) @ (s W) against x @ W. Depthwise: each channel's
+        filters are quantized on their own scale whatever s is, so the error is the activation's, channel k
+        weighted by |s_k W_k|^2 (what reaches the output)."""
         s = factors(absmax, w, alpha) if alpha > 0 else np.ones(w.shape[0], np.float32)
-        xs, ws = (x / s).astype(np.float32), (w * s[:, None]).astype(np.float32)
+        xs = (x / s).astype(np.float32)
+        if kind == "depthwise":
+            energy = (w.astype(np.float64) ** 2).sum(axis=1)
+            gain = (s.astype(np.float64) ** 2) * energy
+            ref = float(((x.astype(np.float64) ** 2) @ energy).sum())
+            best = min(float((((self._fake_quant(xs, r) - xs) ** 2) @ gain).sum()) for r in CLIP_RATIOS)
+            return best / max(ref, 1e-30)
+        ws = (w * s[:, None]).astype(np.float32)
         ref = x @ w
         w_scale, w_q = quantize_weight(ws, "int8", self.qconfig, axis=1)
         wd = dequantize(w_q, w_scale, 0, axis=1)
-        dtype = self.qconfig.activation_dtype
-        lo, hi = float(xs.min()), float(xs.max())
-        best = np.inf
-        for r in CLIP_RATIOS:
-            scale, zp = choose_qparams(lo * r, hi * r, dtype, bool(self.qconfig.symmetric_activations))
-            xd = dequantize(quantize(xs, scale, zp, dtype), scale, zp)
-            best = min(best, float(((xd @ wd - ref) ** 2).sum()))
+        best = min(float(((self._fake_quant(xs, r) @ wd - ref) ** 2).sum()) for r in CLIP_RATIOS)
         return best / max(float((ref ** 2).sum()), 1e-30)
+
+    def _fake_quant(self, xs, ratio: float) -> np.ndarray:
+        """xs on the activation grid of its min/max times `ratio` (per tensor, as realize quantizes it)."""
+        dtype = self.qconfig.activation_dtype
+        scale, zp = choose_qparams(float(xs.min()) * ratio, float(xs.max()) * ratio, dtype,
+                                   bool(self.qconfig.symmetric_activations))
+        return dequantize(quantize(xs, scale, zp, dtype), scale, zp)
 
     def _token_errors(self, xs, ws, x, w) -> tuple[float, float]:
         """Mean over rows (tokens) of each row's relative output error: (static per-tensor scale on the
@@ -227,13 +315,18 @@ class Smoother:
     # -------------------------------------------------------------- calibration of x / s
     def tap(self, tensors: list) -> list[tuple[int, object, np.ndarray]]:
         """[(index of x in tensors, x_s var, 1/s)] for feeding x_s's observer from x's output."""
-        return [(self._index(tensors, g.var), g.smoothed, (1.0 / g.factors).astype(np.float32))
-                for g in self.smoothed]
+        return [(self._index(tensors, g.var), g.smoothed, inverse(g)) for g in self.smoothed]
 
     # -------------------------------------------------------------- rewrite
     def rewrite(self, mod):
         """mod with main smoothed (see SmoothActivations)."""
         return SmoothActivations(self.smoothed)(mod)
+
+
+def inverse(g: Group) -> np.ndarray:
+    """1/s shaped to broadcast along the group's channel axis."""
+    inv = (1.0 / g.factors).astype(np.float32)
+    return inv if g.axis == -1 else inv.reshape(1, -1, 1, 1)
 
 
 def factors(absmax: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:
@@ -271,7 +364,7 @@ def SmoothActivations(groups):
             else:
                 g, layer = hit
                 call = binding.value
-                weight = (layer.weight.astype(np.float64) * g.factors.astype(np.float64)[:, None]).astype(np.float32)
+                weight = g.scaled_weight(layer, g.factors)
                 new = self.builder_.normalize(relax.Call(call.op, [g.smoothed, relax.const(weight)], call.attrs))
                 self.builder_.emit_normalized(relax.VarBinding(binding.var, new))
             g = by_var.get(binding.var)
@@ -279,8 +372,7 @@ def SmoothActivations(groups):
                 self._emit_smoothed(g)
 
         def _emit_smoothed(self, g):
-            inv = (1.0 / g.factors).astype(np.float32)
-            value = self.builder_.normalize(relax.op.multiply(g.var, relax.const(inv)))
+            value = self.builder_.normalize(relax.op.multiply(g.var, relax.const(inverse(g))))
             self.builder_.emit_normalized(relax.VarBinding(g.smoothed, value))
 
     @relax.transform.function_pass(opt_level=0, name="SmoothActivations")

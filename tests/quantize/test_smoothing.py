@@ -105,3 +105,63 @@ def test_qconfig_switch_must_be_a_boolean(tmp_path, key):
         QConfig.from_yaml(str(path))
     path.write_text(f"{key}: false\n")
     assert getattr(QConfig.from_yaml(str(path)), key) is False
+
+
+# ---------------------------------------------------------------- convolutions (cross-layer equalization)
+C, HW = 16, 12
+
+
+def conv_outlier_model(kind, seed=0):
+    """A float activation (a model input here; in a network, a float op's output such as a HardSwish)
+    with a few channels 40x the rest, read by a depthwise 3x3 or a pointwise 1x1 conv."""
+    r = np.random.default_rng(seed)
+    if kind == "depthwise":
+        w = (r.standard_normal((C, 1, 3, 3)) * 0.3).astype(np.float32)
+        groups, pad = C, [1, 1, 1, 1]
+    else:
+        w = (r.standard_normal((24, C, 1, 1)) * 0.3).astype(np.float32)
+        groups, pad = 1, [0, 0, 0, 0]
+
+    def build(bb, x):
+        return bb.emit(relax.op.nn.conv2d(x, relax.const(w), padding=pad, groups=groups))
+
+    return relax_model([("x", (1, C, HW, HW))], build), w
+
+
+def conv_outlier_data(n, seed):
+    r = np.random.default_rng(seed)
+    x = (r.standard_normal((n, C, HW, HW)) * 0.5).astype(np.float32)
+    x[:, 2] *= 40.0
+    x[:, 9] *= 25.0
+    return {"x": x}
+
+
+@pytest.mark.parametrize("kind", ["depthwise", "pointwise"])
+def test_conv_input_outlier_channels_are_equalized(kind):
+    """Cross-layer equalization for the conv stacks of CNN backbones: the channel ranges of a float
+    activation move into a depthwise conv's per-channel filters (for free) or a pointwise conv's input
+    channels (alpha measured), error at least 3x lower; the conv computes the same in float."""
+    model, w = conv_outlier_model(kind)
+    calib, ev = conv_outlier_data(16, 1), conv_outlier_data(4, 2)
+    want = qcompile.compile(model)
+    want = np.concatenate([want.run({"x": ev["x"][i:i + 1]})["y"] for i in range(len(ev["x"]))])
+
+    def channel_error(**qkw):
+        """Mean over output channels of each channel's relative error (the big channels would hide the rest)."""
+        pipe = qcompile.Pipeline(qconfig=QConfig(calib_method="minmax", safety_net=False, **qkw), progress=False)
+        art = pipe.run(model, calib=calib)
+        got = np.concatenate([art.run({"x": ev["x"][i:i + 1]})["y"] for i in range(len(ev["x"]))])
+        err = ((got - want) ** 2).sum(axis=(0, 2, 3)) / (want ** 2).sum(axis=(0, 2, 3))
+        return float(err.mean()), pipe.state
+
+    plain, _ = channel_error(smoothing=False)
+    equalized, state = channel_error()
+    (row,) = state.quant_info["smoothing"].values()
+    assert row["alpha"] > 0, row
+    assert equalized < plain / 3, (equalized, plain)
+    (layer,) = [l for l in state.quant_info["plan"].layers if l.op == "relax.nn.conv2d"]
+    assert layer.inputs[0].name.endswith("_smoothed")
+    # the planned weight is w with input channel k scaled by s_k: x/s (*) s.w == x (*) w
+    ratio = layer.weight / w
+    per_channel = ratio[:, 0, 0, 0] if kind == "depthwise" else ratio[0, :, 0, 0]
+    assert per_channel[2] > 10 * np.median(per_channel)
