@@ -216,6 +216,24 @@ def ort_dynamic(ds, work: str) -> tuple[str, dict]:
     return out, {"per_channel": True}
 
 
+def openvino_model(ds):
+    """OpenVINO's fp32 model of the dataset's ONNX file, with its fixed input shapes."""
+    try:
+        import openvino as ov
+    except ImportError as err:
+        raise NotAvailable(f"{err.name} is not installed (pip install '.[bench]')") from None
+    model = ov.Core().read_model(ds.model)
+    if ds.input_shapes:
+        model.reshape({k: ov.PartialShape(list(v)) for k, v in ds.input_shapes.items()})
+    return model
+
+
+def ov_output_name(output, i: int, ref_names: list[str]) -> str:
+    """The reference's name for OpenVINO output `i` (its tensor names, else the reference's i-th)."""
+    cand = [n for n in output.get_names() if n in ref_names]
+    return cand[0] if cand else (ref_names[i] if i < len(ref_names) else output.get_any_name())
+
+
 def nncf_runner(ds, threads: int, ref_names: list[str]):
     """NNCF post-training quantization: the ONNX file read by OpenVINO (shapes fixed to the dataset's),
     nncf.quantize with an nncf.Dataset of the calibration samples (all of them: subset_size = their count),
@@ -226,9 +244,7 @@ def nncf_runner(ds, threads: int, ref_names: list[str]):
     except ImportError as err:
         raise NotAvailable(f"{err.name} is not installed (pip install '.[bench]')") from None
 
-    model = ov.Core().read_model(ds.model)
-    if ds.input_shapes:
-        model.reshape({k: ov.PartialShape(list(v)) for k, v in ds.input_shapes.items()})
+    model = openvino_model(ds)
     samples = [{k: v[i:i + 1] for k, v in ds.calib.items()} for i in range(ds.n_calib)]
     kwargs = {"subset_size": len(samples)}
     if ds.transformer:
@@ -240,10 +256,7 @@ def nncf_runner(ds, threads: int, ref_names: list[str]):
                                                        "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     outputs = compiled.outputs
-    names = []
-    for i, o in enumerate(outputs):
-        cand = [n for n in o.get_names() if n in ref_names]
-        names.append(cand[0] if cand else (ref_names[i] if i < len(ref_names) else o.get_any_name()))
+    names = [ov_output_name(o, i, ref_names) for i, o in enumerate(outputs)]
 
     def run(feed):
         res = request.infer(feed)

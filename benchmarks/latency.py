@@ -43,7 +43,8 @@ if os.path.dirname(HERE) not in sys.path:
 
 from benchmarks import datasets  # noqa: E402
 from benchmarks.accuracy import (NotAvailable, _cpu, _git, _versions, captured, error_text, nncf_runner,  # noqa: E402
-                                 ort_int8_model, qcompile_fp32, qcompile_int8, write_json_atomic)
+                                 openvino_model, ort_int8_model, ov_output_name, qcompile_fp32, qcompile_int8,
+                                 write_json_atomic)
 
 MODELS = ("digits", "squeezenet", "shufflenet", "resnet50", "ppocr_det", "minilm")
 ENGINES = ("ort_fp32", "ort_int8", "ov_fp32", "ov_int8", "qc_fp32", "qc_int8")
@@ -114,7 +115,7 @@ class OvEngine(Engine):
                                    ("PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS",
                                     "INFERENCE_NUM_THREADS")}  # what the plugin took, at the last thread count
         request, outputs = self.requests[threads]
-        names = [_ov_output_name(o, i, self.ref_names) for i, o in enumerate(outputs)]
+        names = [ov_output_name(o, i, self.ref_names) for i, o in enumerate(outputs)]
         feed = self.feed
 
         def run():
@@ -125,23 +126,6 @@ class OvEngine(Engine):
 
 def _ov_str(value) -> str:
     return value.to_string() if hasattr(value, "to_string") else str(value)  # ov.Type: "f32"
-
-
-def _ov_output_name(output, i: int, ref_names: list[str]) -> str:
-    cand = [n for n in output.get_names() if n in ref_names]
-    return cand[0] if cand else (ref_names[i] if i < len(ref_names) else output.get_any_name())
-
-
-def openvino_model(ds):
-    """OpenVINO's fp32 model of the ONNX file, with the dataset's fixed input shapes."""
-    try:
-        import openvino as ov
-    except ImportError as err:
-        raise NotAvailable(f"{err.name} is not installed (pip install '.[bench]')") from None
-    model = ov.Core().read_model(ds.model)
-    if ds.input_shapes:
-        model.reshape({k: ov.PartialShape(list(v)) for k, v in ds.input_shapes.items()})
-    return model
 
 
 def nncf_int8_model(ds, ref_names):
