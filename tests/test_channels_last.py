@@ -3,7 +3,8 @@ integer layers), and no output bit changes.
 
 The module is what realize + PackConvWeights make of a small int8 CNN, on shapes off the 16-lane blocks
 (24 -> 40 -> 20/28 channels, 11 x 9 pixels): conv + requantize epilogue, max pool, two 1x1 convs, a residual
-add of their codes, a concat along channels and a last conv. Its outputs are compared bit for bit with
+add of their codes, a concat along channels, a zero-point pad, a last conv and its global sum, and a depthwise
+conv. Its outputs are compared bit for bit with
 numpy (qcompile.quantize.reference and fixed_point).
 """
 
@@ -41,7 +42,8 @@ class Net:
         self.w = {"a": rng.integers(-128, 128, (40, 24, 3, 3)).astype(np.int8),
                   "b": rng.integers(-128, 128, (20, 40, 1, 1)).astype(np.int8),
                   "c": rng.integers(-128, 128, (20, 40, 1, 1)).astype(np.int8),
-                  "d": rng.integers(-128, 128, (28, 40, 3, 3)).astype(np.int8)}
+                  "d": rng.integers(-128, 128, (28, 40, 3, 3)).astype(np.int8),
+                  "e": rng.integers(-128, 128, (40, 1, 3, 3)).astype(np.int8)}  # depthwise
         self.q = {k: _requant_params(rng, w.shape[0]) for k, w in self.w.items()}
         self.add_mult = fixed_point.quantize_multiplier(0.7)
 
@@ -62,16 +64,18 @@ class Net:
                 cat = bb.emit(relax.op.nn.pad(cat, [0, 0, 0, 0, 1, 2, 0, 1], pad_value=3.0))  # asymmetric
                 d = self._conv(bb, cat, "d")
                 g = bb.emit(relax.op.sum(relax.op.astype(d, "int64"), axis=[2, 3]))  # global pooling's window sum
-                out = bb.emit_output(relax.Tuple([d, s, g]))
+                e = self._conv(bb, p, "e", padding=1, groups=40)
+                out = bb.emit_output(relax.Tuple([d, s, g, e]))
             bb.emit_func_output(out)
         return bb.get()
 
-    def _conv(self, bb, x, key, padding=0):
+    def _conv(self, bb, x, key, padding=0, groups=1):
         from tvm import relax
 
         bias, mult, shift = self.q[key]
         c = lambda v, dt: relax.const(np.asarray(v).reshape(1, -1, 1, 1).astype(dt), dt)  # noqa: E731
-        acc = bb.emit(relax.op.nn.conv2d(x, relax.const(self.w[key]), padding=padding, out_dtype="int32"))
+        acc = bb.emit(relax.op.nn.conv2d(x, relax.const(self.w[key]), padding=padding, groups=groups,
+                                         out_dtype="int32"))
         acc = bb.emit(relax.op.add(acc, c(bias, "int32")))
         y = bb.emit(relax.op.astype(acc, "int64"))
         y = bb.emit(relax.op.multiply(y, c(mult, "int64")))
@@ -96,9 +100,9 @@ class Net:
 
     # ---------------------------------------------------------------- numpy
     def expected(self, x):
-        def conv(v, key, padding=0):
+        def conv(v, key, padding=0, groups=1):
             bias, mult, shift = self.q[key]
-            acc = reference.qconv2d(v, 0, self.w[key], 0, padding=padding, acc_dtype="int32")
+            acc = reference.qconv2d(v, 0, self.w[key], 0, padding=padding, groups=groups, acc_dtype="int32")
             acc = acc + bias.reshape(1, -1, 1, 1)
             return fixed_point.requantize(acc, mult, shift, 3, 3, 255, axis=1).astype(np.uint8)
 
@@ -112,7 +116,7 @@ class Net:
         s = s.astype(np.uint8)
         cat = np.pad(np.concatenate([s, b], axis=1), ((0, 0), (0, 0), (1, 2), (0, 1)), constant_values=3)
         d = conv(cat, "d")
-        return d, s, d.astype(np.int64).sum(axis=(2, 3))
+        return d, s, d.astype(np.int64).sum(axis=(2, 3)), conv(p, "e", padding=1, groups=40)
 
 
 def lower(mod, target_name, channels_last=True):
@@ -145,13 +149,13 @@ def ops_of(mod) -> list[str]:
 
 @pytest.mark.parametrize("target_name", ["x86_vnni", "x86_64"])
 def test_no_transpose_between_integer_layers(target_name):
-    """4 packed convs, a pool, an add, a concat, a pad and a global sum: one NCHW -> NHWC transpose at
-    the entry and one NHWC -> NCHW per NCHW output, none in between; pool, concat, pad and sum run NHWC."""
+    """4 packed convs, a depthwise conv, a pool, an add, a concat, a pad and a global sum: one NCHW -> NHWC
+    transpose at the entry and one NHWC -> NCHW per NCHW output, none in between; all of them run NHWC."""
     net = Net()
     packed, _, _ = lower(net.module((1, 24, 11, 9)), target_name)
     ops = ops_of(packed)
     assert ops.count("relax.call_tir") == 4, ops
-    assert ops.count("relax.permute_dims") == 3, ops  # entry, and one per output (d, s)
+    assert ops.count("relax.permute_dims") == 4, ops  # entry, and one per NCHW output (d, s, e)
     calls = [b.value for b in packed["main"].body.blocks[0].bindings if hasattr(b.value, "op")]
     (pool,) = [c for c in calls if "max_pool2d" in str(c.op)]
     assert pool.attrs.layout == "NHWC"
@@ -161,8 +165,10 @@ def test_no_transpose_between_integer_layers(target_name):
     assert [int(p) for p in pad.attrs.pad_width] == [0, 0, 1, 2, 0, 1, 0, 0]
     (total,) = [c for c in calls if c.op.name == "relax.sum"]
     assert [int(a) for a in total.attrs.axis] == [1, 2]
+    (depthwise,) = [c for c in calls if c.op.name == "relax.nn.conv2d"]  # the others are packed
+    assert (depthwise.attrs.data_layout, depthwise.attrs.kernel_layout) == ("NHWC", "HWIO")
     without, _, _ = lower(net.module((1, 24, 11, 9)), target_name, channels_last=False)
-    assert ops_of(without).count("relax.permute_dims") == 8  # what it was: 4 in, 4 out
+    assert ops_of(without).count("relax.permute_dims") == 8  # what it was: 4 in, 4 out (the depthwise reads NCHW)
 
 
 @pytest.mark.parametrize("target_name", ["x86_vnni", "x86_64"])
@@ -179,8 +185,9 @@ def test_channels_last_outputs_are_bit_exact(target_name, shape):
     x = np.random.default_rng(1).integers(0, 256, shape).astype(np.uint8)
     _, mod, target = lower(net.module(shape), target_name)
     ex = tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(build_passes(target)))
-    d, s, g = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x))
-    want_d, want_s, want_g = net.expected(x)
+    d, s, g, e = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    want_d, want_s, want_g, want_e = net.expected(x)
+    np.testing.assert_array_equal(e.numpy(), want_e)
     assert 0 < np.count_nonzero(want_d != 3) and np.unique(want_s).size > 10  # not all clamped
     np.testing.assert_array_equal(s.numpy(), want_s)
     np.testing.assert_array_equal(d.numpy(), want_d)
