@@ -234,10 +234,10 @@ def ov_output_name(output, i: int, ref_names: list[str]) -> str:
     return cand[0] if cand else (ref_names[i] if i < len(ref_names) else output.get_any_name())
 
 
-def nncf_runner(ds, threads: int, ref_names: list[str]):
-    """NNCF post-training quantization: the ONNX file read by OpenVINO (shapes fixed to the dataset's),
-    nncf.quantize with an nncf.Dataset of the calibration samples (all of them: subset_size = their count),
-    model_type=TRANSFORMER for transformer models; compiled for OpenVINO's CPU plugin with `threads` threads."""
+def nncf_model(ds):
+    """NNCF post-training quantization of the dataset's model: the ONNX file read by OpenVINO (shapes fixed to
+    the dataset's), nncf.quantize with an nncf.Dataset of the calibration samples (all of them: subset_size =
+    their count), model_type=TRANSFORMER for transformer models. Returns (OpenVINO int8 model, settings)."""
     try:
         import nncf
         import openvino as ov
@@ -249,7 +249,16 @@ def nncf_runner(ds, threads: int, ref_names: list[str]):
     kwargs = {"subset_size": len(samples)}
     if ds.transformer:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-    qmodel = nncf.quantize(model, nncf.Dataset(samples), **kwargs)
+    return nncf.quantize(model, nncf.Dataset(samples), **kwargs), {
+        "model_type": "TRANSFORMER" if ds.transformer else "default", "subset_size": len(samples),
+        "inference_precision": "f32", "nncf": nncf.__version__, "openvino": ov.__version__}
+
+
+def nncf_runner(ds, threads: int, ref_names: list[str]):
+    """nncf_model's int8 model compiled for OpenVINO's CPU plugin with `threads` threads."""
+    import openvino as ov
+
+    qmodel, settings = nncf_model(ds)
     # f32 for what NNCF leaves unquantized: OpenVINO's default on a CPU with AMX or AVX512-BF16 is bf16, which
     # would charge bf16's error to NNCF and make the column depend on the machine
     compiled = ov.Core().compile_model(qmodel, "CPU", {"INFERENCE_NUM_THREADS": threads,
@@ -261,8 +270,7 @@ def nncf_runner(ds, threads: int, ref_names: list[str]):
     def run(feed):
         res = request.infer(feed)
         return {n: np.asarray(res[o]).copy() for n, o in zip(names, outputs)}
-    return run, {"model_type": "TRANSFORMER" if ds.transformer else "default", "subset_size": len(samples),
-                 "inference_precision": "f32", "nncf": nncf.__version__, "openvino": ov.__version__}
+    return run, settings
 
 
 # ============================================================================ running

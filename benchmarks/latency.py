@@ -16,7 +16,7 @@ Engines (models, calibration data and ORT int8 from benchmarks/datasets.py and b
     ort_int8   ORT quantize_static: QDQ, per-channel, uint8 activations / int8 weights, MinMax
     ov_fp32    OpenVINO CPU plugin on the ONNX file (shapes fixed), INFERENCE_NUM_THREADS = threads,
                PERFORMANCE_HINT = LATENCY, INFERENCE_PRECISION_HINT = f32 (its default is bf16 on AMX/BF16 CPUs)
-    ov_int8    the same on NNCF PTQ's int8 model: accuracy.nncf_runner's nncf.quantize on the same calibration
+    ov_int8    the same on NNCF PTQ's int8 model: accuracy.nncf_model's nncf.quantize on the same calibration
                samples. Both OpenVINO engines are optional (the `bench` extra): "skipped" when not installed
     qc_fp32    qcompile.compile(target) with the tuning records of schedules/<target>/ (+ --records)
     qc_int8    the same with QConfig(precision="int8", calib_method=--calib-method) on the same calibration data
@@ -25,7 +25,6 @@ Engines (models, calibration data and ORT int8 from benchmarks/datasets.py and b
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
 import platform
@@ -42,7 +41,7 @@ if os.path.dirname(HERE) not in sys.path:
     sys.path.insert(0, os.path.dirname(HERE))
 
 from benchmarks import datasets  # noqa: E402
-from benchmarks.accuracy import (NotAvailable, _cpu, _git, _versions, captured, error_text, nncf_runner,  # noqa: E402
+from benchmarks.accuracy import (NotAvailable, _cpu, _git, _versions, captured, error_text, nncf_model,  # noqa: E402
                                  openvino_model, ort_int8_model, ov_output_name, qcompile_fp32, qcompile_int8,
                                  write_json_atomic)
 
@@ -128,38 +127,6 @@ def _ov_str(value) -> str:
     return value.to_string() if hasattr(value, "to_string") else str(value)  # ov.Type: "f32"
 
 
-def nncf_int8_model(ds, ref_names):
-    """NNCF PTQ's int8 model, made by accuracy.nncf_runner (the project's one NNCF recipe: the same
-    calibration samples, subset size and model type as the accuracy benchmark). nncf_runner returns a runner
-    compiled for its own thread count; the model it quantizes is taken from its nncf.quantize call, so each
-    thread count here compiles it with this benchmark's config. Returns (model, nncf_runner's settings)."""
-    try:
-        import nncf
-    except ImportError as err:
-        raise NotAvailable(f"{err.name} is not installed (pip install '.[bench]')") from None
-    made = []
-    quantize = nncf.quantize
-
-    def keep(*a, **k):
-        made.append(quantize(*a, **k))
-        return made[-1]
-    with _patched(nncf, "quantize", keep):
-        _, settings = nncf_runner(ds, 1, ref_names)
-    if len(made) != 1:
-        raise RuntimeError(f"accuracy.nncf_runner called nncf.quantize {len(made)} times, expected once")
-    return made[0], settings
-
-
-@contextlib.contextmanager
-def _patched(obj, attr, value):
-    saved = getattr(obj, attr)
-    setattr(obj, attr, value)
-    try:
-        yield
-    finally:
-        setattr(obj, attr, saved)
-
-
 class QcEngine(Engine):
     def __init__(self, name, art, feed, ref_names):
         import tvm
@@ -203,7 +170,7 @@ def build_engines(ds, args, work: str, log_path: str | None) -> dict:
                 elif name == "ov_fp32":
                     eng = OvEngine(name, openvino_model(ds), feed, ref_names)
                 elif name == "ov_int8":
-                    model, settings = nncf_int8_model(ds, ref_names)
+                    model, settings = nncf_model(ds)
                     eng = OvEngine(name, model, feed, ref_names)
                     eng.info["quantization"] = {"nncf.quantize": settings}
                 elif name == "qc_fp32":
