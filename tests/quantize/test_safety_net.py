@@ -98,3 +98,30 @@ def test_a_model_that_passes_moves_nothing():
     report = pipe.state.quant_info["safety_net"]
     assert report["passed"] and report["moved"] == {}
     assert set(art.metadata["quantization"]["layers"].values()) == {"int8"}
+
+
+def test_a_move_that_does_not_close_half_the_gap_is_not_made(tmp_path):
+    """silero VAD (real model, the accuracy benchmark's data): its plan misses on the LSTM state's cosine,
+    and moving the one matmul allowed barely changes that (0.8593 -> 0.8595). int16 for nothing: the net keeps
+    both matmuls in 8 bits and says the model still misses."""
+    import sys
+
+    from conftest import REPO
+
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    datasets = pytest.importorskip("benchmarks.datasets")
+    try:
+        ds = datasets.load("silero", 8, 48, str(tmp_path))
+    except datasets.ModelNotFound as err:
+        pytest.skip(str(err))
+    pipe = qcompile.Pipeline(qconfig=QConfig(), input_shapes=ds.input_shapes, progress=False)
+    art = pipe.run(ds.model, calib=ds.calib)
+    report = pipe.state.quant_info["safety_net"]
+    assert not report["passed"] and not report["met_after_move"], report
+    gap_left = 1.0 - report["value_after_move"]
+    assert gap_left > safety_net.PARTIAL_GAIN * (1.0 - report["value_before"]), report
+    assert report["moved"] == {}
+    layers = art.metadata["quantization"]["layers"]
+    assert {layers[n] for n in layers if n.startswith("matmul")} <= {"int8", "uint8"}
+    assert any("still below the thresholds" in n for n in art.metadata["notes"])
