@@ -1,4 +1,4 @@
-"""Smoothing (SmoothQuant): move activation outliers into the weights of the dense layers reading them.
+"""Smoothing (SmoothQuant): move activation outliers into the weights of the layers reading them.
 
 Transformer activations carry a few channels tens of times larger than the rest (LayerNorm outputs,
 the FFN's GELU output). One per-tensor activation scale must cover those channels, so every other
@@ -19,7 +19,18 @@ only where that measurably helps, and a CNN's classifier head is left alone.
 The rewrite (``SmoothActivations``, a Relax function pass) inserts ``x_s = multiply(x, 1/s)`` next to ``x``
 and makes each smoothed dense layer read ``x_s`` with weight ``s[:, None] * W``. Every other binding
 keeps its Var, so calibrated ranges stay valid; ``x_s`` is calibrated in the same pass as the rest
-(``Smoother.tap``: its observer sees ``x * (1/s)``, computed from ``x``'s calibration output).
+(``Smoother.tap``: its observer sees ``x * (1/s)``, computed from ``x``'s calibration output). The
+multiply stays float and makes no layer (annotate's ``float_vars``).
+
+The same search equalizes conv stacks (cross-layer equalization, activation-aware): a *float* activation
+(a float op's output, so ``1/s`` joins that op's kernel) read only by int8 pointwise (1x1) or depthwise
+convs. A pointwise conv is a dense layer over pixels; a depthwise conv's filters are quantized per channel,
+so scaling them is free, the error is the activation's weighted by ``|s_k W_k|^2``, and ``a = 1`` (flat
+channels) is a candidate too.
+
+On the same rows, each dense input's per-row (per-token) error with its static scale is compared with
+per-token run-time scales (``dynamic_tokens``): where static scales fail (``DYNAMIC_ABOVE``) and run-time
+ones are far better (``DYNAMIC_GAIN``), its dense layers are realized with per-token dynamic int8.
 """
 
 from __future__ import annotations
@@ -295,11 +306,8 @@ class Smoother:
             w_scale, w_q = quantize_weight(weight, "int8", self.qconfig, axis=1)
             return dequantize(w_q, w_scale, 0, axis=1)
 
-        dtype, wsd = self.qconfig.activation_dtype, codes_of(ws)
-        lo, hi = float(xs.min()), float(xs.max())
-        static = min(row_error(dequantize(quantize(xs, *qp, dtype), *qp), wsd)
-                     for qp in (choose_qparams(lo * r, hi * r, dtype, bool(self.qconfig.symmetric_activations))
-                                for r in CLIP_RATIOS))
+        wsd = codes_of(ws)
+        static = min(row_error(self._fake_quant(xs, r), wsd) for r in CLIP_RATIOS)
         s = np.maximum(np.abs(x).max(axis=1, keepdims=True), 1e-12) / 127.0
         dynamic = row_error(np.clip(np.round(x / s), -127, 127) * s, codes_of(w))
         return static, dynamic
