@@ -256,9 +256,9 @@ def nncf_model(ds):
 
 def nncf_runner(ds, threads: int, ref_names: list[str]):
     """nncf_model's int8 model compiled for OpenVINO's CPU plugin with `threads` threads."""
+    qmodel, settings = nncf_model(ds)  # NotAvailable first when openvino/nncf are not installed
     import openvino as ov
 
-    qmodel, settings = nncf_model(ds)
     # f32 for what NNCF leaves unquantized: OpenVINO's default on a CPU with AMX or AVX512-BF16 is bf16, which
     # would charge bf16's error to NNCF and make the column depend on the machine
     compiled = ov.Core().compile_model(qmodel, "CPU", {"INFERENCE_NUM_THREADS": threads,
