@@ -139,13 +139,15 @@ def run_observers(plan, model_inputs, data: dict, n: int, method: str, params: d
     tap_observers = [make_observer(method, name=xs.name, **params) for _, xs, _ in taps]
     for outs in _batches(vm, model_inputs, data, n, f"calibrate ({method})", progress):
         for v, obs, out in zip(tensors, observers, outs):
-            obs.update(out.numpy())
+            a = out.numpy()  # one host copy at a time (a detector's tensors of one batch can take GBs together)
+            obs.update(a)
             if means is not None:
-                means.update(v, out.numpy())
+                means.update(v, a)
         for obs, (i, xs, inv) in zip(tap_observers, taps):
-            obs.update(outs[i].numpy() * inv)
+            a = outs[i].numpy()
+            obs.update(a * inv)
             if means is not None:
-                means.update(xs, outs[i].numpy(), factor=inv.reshape(-1))
+                means.update(xs, a, factor=inv.reshape(-1))
     tensors = tensors + [xs for _, xs, _ in taps]
     observers = observers + tap_observers
     ranges = {v: tuple(obs.compute_range()) for v, obs in zip(tensors, observers)}
